@@ -1,0 +1,330 @@
+package bpf_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/xdpgate/xdpgate/internal/decision"
+	"github.com/xdpgate/xdpgate/internal/frame"
+	"github.com/xdpgate/xdpgate/internal/loader"
+	"github.com/xdpgate/xdpgate/internal/maps"
+	"github.com/xdpgate/xdpgate/internal/testutil"
+)
+
+// testSizes keep the maps small so each test loads in milliseconds.
+var testSizes = loader.Sizes{V4Exact: 1 << 14, V6Exact: 1 << 12, V4Ranges: 1 << 12, V6Ranges: 1 << 12, Allow: 256}
+
+type env struct {
+	dp *loader.Dataplane
+	m  *maps.Maps
+}
+
+func newEnv(tb testing.TB, opts loader.Options) *env {
+	tb.Helper()
+	testutil.Privileged(tb)
+	if opts.Sizes == (loader.Sizes{}) {
+		opts.Sizes = testSizes
+	}
+	dp, err := loader.Load(opts)
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			tb.Fatalf("verifier rejected the program: %+v", ve)
+		}
+		tb.Fatal(err)
+	}
+	tb.Cleanup(dp.Close)
+	m, err := maps.New(&dp.Maps)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &env{dp: dp, m: m}
+}
+
+func (e *env) apply(tb testing.TB, up []decision.Entry, del ...netip.Prefix) {
+	tb.Helper()
+	if err := e.m.Apply(context.Background(), up, del); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func (e *env) allow(tb testing.TB, ps ...string) {
+	tb.Helper()
+	var out []netip.Prefix
+	for _, p := range ps {
+		out = append(out, netip.MustParsePrefix(p))
+	}
+	if err := e.m.SetAllowlist(context.Background(), out); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// mustRun runs one frame through the program and returns its verdict,
+// told apart by the return code and the counter that moved.
+func (e *env) mustRun(tb testing.TB, b []byte) verdict {
+	tb.Helper()
+	before, err := e.m.Stats()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ret, err := e.dp.Program.Run(&ebpf.RunOptions{Data: b, Repeat: 1})
+	if err != nil {
+		tb.Fatalf("run program on %d bytes: %v", len(b), err)
+	}
+	after, err := e.m.Stats()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var got verdict
+	n := 0
+	for _, c := range []struct {
+		a, b maps.Counter
+		v    verdict
+	}{
+		{before.PassV4, after.PassV4, vPass}, {before.PassV6, after.PassV6, vPass},
+		{before.DropV4, after.DropV4, vDrop}, {before.DropV6, after.DropV6, vDrop},
+		{before.AllowedV4, after.AllowedV4, vAllowed}, {before.AllowedV6, after.AllowedV6, vAllowed},
+		{before.WouldDropV4, after.WouldDropV4, vWouldDrop}, {before.WouldDropV6, after.WouldDropV6, vWouldDrop},
+		{before.PassNotIP, after.PassNotIP, vNotIP}, {before.PassMalformed, after.PassMalformed, vMalformed},
+	} {
+		if c.b.Packets == c.a.Packets {
+			continue
+		}
+		if c.b.Packets != c.a.Packets+1 || c.b.Bytes != c.a.Bytes+uint64(len(b)) {
+			tb.Fatalf("counter for %v moved by %d packets, %d bytes; want 1, %d", c.v, c.b.Packets-c.a.Packets, c.b.Bytes-c.a.Bytes, len(b))
+		}
+		got = c.v
+		n++
+	}
+	if n != 1 {
+		tb.Fatalf("%d counters moved for one packet, want exactly 1", n)
+	}
+	wantRet := uint32(2) // XDP_PASS
+	if got == vDrop {
+		wantRet = 1 // XDP_DROP
+	}
+	if ret != wantRet {
+		tb.Fatalf("verdict %v with return code %d", got, ret)
+	}
+	return got
+}
+
+func ban(p string) decision.Entry {
+	return decision.Entry{Prefix: netip.MustParsePrefix(p), Origin: "crowdsec"}
+}
+
+func pkt(src string, opts ...func(*frame.Spec)) []byte {
+	s := frame.Spec{Src: netip.MustParseAddr(src), Pad: true}
+	if s.Src.Is4() {
+		s.Dst = netip.MustParseAddr("192.0.2.1")
+	} else {
+		s.Dst = netip.MustParseAddr("2001:db8::1")
+	}
+	for _, o := range opts {
+		o(&s)
+	}
+	return frame.Build(s)
+}
+
+func tags(t ...frame.Tag) func(*frame.Spec)   { return func(s *frame.Spec) { s.Tags = t } }
+func options(words int) func(*frame.Spec)     { return func(s *frame.Spec) { s.OptionWords = words } }
+func fragment(s *frame.Spec)                  { s.Fragment = true }
+func ethertype(et uint16) func(*frame.Spec)   { return func(s *frame.Spec) { s.EtherType = et } }
+func truncate(b []byte, n int) []byte         { return b[:n] }
+func mutate(b []byte, fn func([]byte)) []byte { c := append([]byte(nil), b...); fn(c); return c }
+
+func TestVerdicts(t *testing.T) {
+	e := newEnv(t, loader.Options{})
+	past := time.Now().Add(-time.Second)
+	e.apply(t, []decision.Entry{
+		ban("203.0.113.7/32"),
+		ban("198.51.100.0/24"),
+		ban("10.0.0.0/8"),    // a wide range, with an allowlisted hole below
+		ban("100.64.0.0/16"), // nested: /16 ...
+		ban("100.64.1.0/24"), // ... /24 inside ...
+		ban("100.64.1.1/32"), // ... and a /32 inside both
+		ban("2001:db8:bad::1/128"),
+		ban("2001:db8:dead::/48"),
+		ban("2a00:1450::/32"),
+		{Prefix: netip.MustParsePrefix("203.0.113.9/32"), Origin: "cscli", Expiry: past},
+		{Prefix: netip.MustParsePrefix("2001:db8:bad::9/128"), Origin: "cscli", Expiry: past},
+		{Prefix: netip.MustParsePrefix("172.20.0.0/24"), Origin: "cscli", Expiry: past}, // expired range ...
+		ban("172.20.0.0/16"), // ... over a live one
+		{Prefix: netip.MustParsePrefix("192.0.2.99/32"), Origin: "CAPI", Expiry: time.Now().Add(time.Hour)},
+	})
+	e.allow(t, "10.1.0.0/16", "2001:db8:dead:1::/64")
+
+	banned := pkt("203.0.113.7")
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want verdict
+	}{
+		{"v4 exact ban", banned, vDrop},
+		{"v4 neighbour of exact ban", pkt("203.0.113.8"), vPass},
+		{"v4 range /24", pkt("198.51.100.200"), vDrop},
+		{"v4 outside range", pkt("198.51.101.1"), vPass},
+		{"v4 wide /8", pkt("10.200.3.4"), vDrop},
+		{"v4 allowlist hole in a banned /8", pkt("10.1.2.3"), vAllowed},
+		{"v4 nested /16", pkt("100.64.200.1"), vDrop},
+		{"v4 nested /24", pkt("100.64.1.200"), vDrop},
+		{"v4 nested /32", pkt("100.64.1.1"), vDrop},
+		{"v4 ban with future expiry", pkt("192.0.2.99"), vDrop},
+		{"v4 expired exact ban", pkt("203.0.113.9"), vPass},
+		{"v4 expired /24 inside live /16", pkt("172.20.0.5"), vDrop},
+		{"v6 exact ban", pkt("2001:db8:bad::1"), vDrop},
+		{"v6 neighbour", pkt("2001:db8:bad::2"), vPass},
+		{"v6 expired exact ban", pkt("2001:db8:bad::9"), vPass},
+		{"v6 range /48", pkt("2001:db8:dead:beef::1"), vDrop},
+		{"v6 allowlist /64 in banned /48", pkt("2001:db8:dead:1::42"), vAllowed},
+		{"v6 range /32", pkt("2a00:1450:4001::1"), vDrop},
+		{"v6 outside", pkt("2a00:1451::1"), vPass},
+		{"v4-mapped v6 source checked as v4", pkt("::ffff:203.0.113.7", ethertype(frame.EtherTypeIPv6)), vDrop},
+		{"v4-mapped v6 not banned", pkt("::ffff:203.0.113.8", ethertype(frame.EtherTypeIPv6)), vPass},
+		{"802.1Q", pkt("203.0.113.7", tags(frame.Tag8021Q(10))), vDrop},
+		{"QinQ 802.1ad+802.1Q", pkt("203.0.113.7", tags(frame.Tag8021AD(100), frame.Tag8021Q(10))), vDrop},
+		{"QinQ v6", pkt("2001:db8:bad::1", tags(frame.Tag8021AD(100), frame.Tag8021Q(10))), vDrop},
+		{"double 802.1Q", pkt("203.0.113.7", tags(frame.Tag8021Q(1), frame.Tag8021Q(2))), vDrop},
+		{"three tags: not parsed, passes", pkt("203.0.113.7", tags(frame.Tag8021AD(1), frame.Tag8021Q(2), frame.Tag8021Q(3))), vNotIP},
+		{"IPv4 options IHL 6", pkt("203.0.113.7", options(1)), vDrop},
+		{"IPv4 options IHL 15", pkt("203.0.113.7", options(10)), vDrop},
+		{"IPv4 fragment", pkt("203.0.113.7", fragment), vDrop},
+		{"IPv4 fragment, not banned", pkt("203.0.113.8", fragment), vPass},
+		{"ARP", pkt("203.0.113.7", ethertype(frame.EtherTypeARP)), vNotIP},
+		{"LLDP", pkt("203.0.113.7", ethertype(frame.EtherTypeLLDP)), vNotIP},
+		{"IHL below 5", mutate(banned, func(b []byte) { b[14] = 0x44 }), vMalformed},
+		{"IP version 6 in an IPv4 frame", mutate(banned, func(b []byte) { b[14] = 0x65 }), vMalformed},
+		{"IHL beyond the frame", truncate(pkt("203.0.113.7", options(10)), 14+40), vMalformed},
+		{"IPv6 bad version", mutate(pkt("2001:db8:bad::1"), func(b []byte) { b[14] = 0x45 }), vMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := e.mustRun(t, tc.b); got != tc.want {
+				t.Errorf("verdict %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestTruncated cuts banned frames at every length: a frame cut anywhere
+// before the end of its IP header passes as malformed; from there on the
+// source is readable and it drops.
+func TestTruncated(t *testing.T) {
+	e := newEnv(t, loader.Options{})
+	e.apply(t, []decision.Entry{ban("203.0.113.7/32"), ban("2001:db8:bad::1/128")})
+	for _, full := range [][]byte{
+		pkt("203.0.113.7", tags(frame.Tag8021AD(1), frame.Tag8021Q(2)), options(3)),
+		pkt("2001:db8:bad::1", tags(frame.Tag8021Q(2))),
+	} {
+		m := model{bans: []decision.Entry{ban("203.0.113.7/32"), ban("2001:db8:bad::1/128")}}
+		for n := 14; n <= len(full); n++ {
+			b := full[:n]
+			want := m.judge(b, time.Now())
+			if got := e.mustRun(t, b); got != want {
+				t.Errorf("frame cut to %d of %d bytes: verdict %v, want %v", n, len(full), got, want)
+			}
+		}
+	}
+}
+
+func TestCountOnly(t *testing.T) {
+	e := newEnv(t, loader.Options{CountOnly: true})
+	e.apply(t, []decision.Entry{ban("203.0.113.0/24"), ban("2001:db8::/32")})
+	for _, src := range []string{"203.0.113.1", "2001:db8::5"} {
+		if got := e.mustRun(t, pkt(src)); got != vWouldDrop {
+			t.Errorf("%s: verdict %v, want %v", src, got, vWouldDrop)
+		}
+	}
+	st, err := e.m.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.DropV4.Packets+st.DropV6.Packets != 0 {
+		t.Errorf("count-only mode dropped: %+v", st)
+	}
+	if st.DropsByOrigin["crowdsec"]["ipv4"].Packets != 1 || st.DropsByOrigin["crowdsec"]["ipv6"].Packets != 1 {
+		t.Errorf("per-origin counts: %+v", st.DropsByOrigin)
+	}
+}
+
+func TestCounters(t *testing.T) {
+	e := newEnv(t, loader.Options{})
+	e.apply(t, []decision.Entry{
+		{Prefix: netip.MustParsePrefix("203.0.113.7/32"), Origin: "crowdsec"},
+		{Prefix: netip.MustParsePrefix("198.51.100.0/24"), Origin: "CAPI"},
+		{Prefix: netip.MustParsePrefix("2001:db8::/32"), Origin: "cscli"},
+	})
+	frames := map[string]int{"203.0.113.7": 3, "198.51.100.1": 2, "2001:db8::1": 4, "192.0.2.50": 5}
+	var bytes4 uint64
+	for src, n := range frames {
+		for range n {
+			b := pkt(src)
+			if src == "203.0.113.7" {
+				bytes4 += uint64(len(b))
+			}
+			e.mustRun(t, b)
+		}
+	}
+	st, err := e.m.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		got  uint64
+		want uint64
+	}{
+		{"drop v4", st.DropV4.Packets, 5},
+		{"drop v6", st.DropV6.Packets, 4},
+		{"pass v4", st.PassV4.Packets, 5},
+		{"crowdsec v4", st.DropsByOrigin["crowdsec"]["ipv4"].Packets, 3},
+		{"crowdsec v4 bytes", st.DropsByOrigin["crowdsec"]["ipv4"].Bytes, bytes4},
+		{"CAPI v4", st.DropsByOrigin["CAPI"]["ipv4"].Packets, 2},
+		{"cscli v6", st.DropsByOrigin["cscli"]["ipv6"].Packets, 4},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
+		}
+	}
+}
+
+// TestNestedDeletes removes nested ranges one at a time: what is left keeps
+// dropping what it covers.
+func TestNestedDeletes(t *testing.T) {
+	e := newEnv(t, loader.Options{})
+	e.apply(t, []decision.Entry{ban("100.64.0.0/16"), ban("100.64.1.0/24"), ban("100.64.1.1/32")})
+	steps := []struct {
+		del  string
+		want map[string]verdict
+	}{
+		{"100.64.1.0/24", map[string]verdict{"100.64.1.1": vDrop, "100.64.1.2": vDrop, "100.64.2.1": vDrop}},
+		{"100.64.0.0/16", map[string]verdict{"100.64.1.1": vDrop, "100.64.1.2": vPass, "100.64.2.1": vPass}},
+		{"100.64.1.1/32", map[string]verdict{"100.64.1.1": vPass}},
+	}
+	for _, s := range steps {
+		e.apply(t, nil, netip.MustParsePrefix(s.del))
+		for src, want := range s.want {
+			if got := e.mustRun(t, pkt(src)); got != want {
+				t.Errorf("after deleting %s: %s is %v, want %v", s.del, src, got, want)
+			}
+		}
+	}
+	// Deleting what is not there is harmless.
+	e.apply(t, nil, netip.MustParsePrefix("100.64.1.1/32"), netip.MustParsePrefix("9.9.9.0/24"))
+}
+
+func TestExpiryInKernel(t *testing.T) {
+	e := newEnv(t, loader.Options{})
+	e.apply(t, []decision.Entry{{Prefix: netip.MustParsePrefix("203.0.113.7/32"), Origin: "cscli", Expiry: time.Now().Add(300 * time.Millisecond)}})
+	if got := e.mustRun(t, pkt("203.0.113.7")); got != vDrop {
+		t.Fatalf("before expiry: %v", got)
+	}
+	time.Sleep(400 * time.Millisecond)
+	if got := e.mustRun(t, pkt("203.0.113.7")); got != vPass {
+		t.Fatalf("after expiry, with nobody pruning: %v", got)
+	}
+}
