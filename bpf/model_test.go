@@ -40,13 +40,7 @@ func (m *model) judge(b []byte, now time.Time) verdict {
 	case frame.KindNotIP:
 		return vNotIP
 	}
-	banned := false
-	for _, e := range m.bans {
-		if e.Prefix.Contains(src) && (e.Expiry.IsZero() || e.Expiry.After(now)) {
-			banned = true
-			break
-		}
-	}
+	banned := m.banned(src, now)
 	if !banned {
 		return vPass
 	}
@@ -59,4 +53,44 @@ func (m *model) judge(b []byte, now time.Time) verdict {
 		return vWouldDrop
 	}
 	return vDrop
+}
+
+// banned mirrors the program's lookup order exactly: an unexpired exact
+// ban, else the longest unexpired range, stepping over at most 8 expired
+// matches as the program does.
+func (m *model) banned(src netip.Addr, now time.Time) bool {
+	live := func(e decision.Entry) bool { return e.Expiry.IsZero() || e.Expiry.After(now) }
+	var ranges []decision.Entry
+	for _, e := range m.bans {
+		if !e.Prefix.Contains(src) {
+			continue
+		}
+		if e.Prefix.Bits() == src.BitLen() {
+			if live(e) {
+				return true
+			}
+			continue
+		}
+		ranges = append(ranges, e)
+	}
+	limit := src.BitLen()
+	for range 8 {
+		var best *decision.Entry
+		for i := range ranges {
+			if b := ranges[i].Prefix.Bits(); b <= limit && (best == nil || b > best.Prefix.Bits()) {
+				best = &ranges[i]
+			}
+		}
+		if best == nil {
+			return false
+		}
+		if live(*best) {
+			return true
+		}
+		if best.Prefix.Bits() == 0 {
+			return false
+		}
+		limit = best.Prefix.Bits() - 1
+	}
+	return false
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/xdpgate/xdpgate/bpf"
 	"github.com/xdpgate/xdpgate/internal/decision"
 	"github.com/xdpgate/xdpgate/internal/frame"
 	"github.com/xdpgate/xdpgate/internal/loader"
@@ -64,41 +65,55 @@ func (e *env) allow(tb testing.TB, ps ...string) {
 	}
 }
 
-// mustRun runs one frame through the program and returns its verdict,
-// told apart by the return code and the counter that moved.
-func (e *env) mustRun(tb testing.TB, b []byte) verdict {
+// counters reads the stats map: one counter per stat, summed over CPUs.
+func (e *env) counters(tb testing.TB) [bpf.XdpgateStatSTAT_MAX]maps.Counter {
 	tb.Helper()
-	before, err := e.m.Stats()
-	if err != nil {
+	var out [bpf.XdpgateStatSTAT_MAX]maps.Counter
+	var key uint32
+	var vals []bpf.XdpgateCounter
+	it := e.dp.Maps.Stats.Iterate()
+	for it.Next(&key, &vals) {
+		for _, v := range vals {
+			out[key].Packets += v.Packets
+			out[key].Bytes += v.Bytes
+		}
+	}
+	if err := it.Err(); err != nil {
 		tb.Fatal(err)
 	}
+	return out
+}
+
+// statVerdicts maps each stat to the verdict it counts.
+var statVerdicts = [bpf.XdpgateStatSTAT_MAX]verdict{
+	bpf.XdpgateStatSTAT_PASS_V4: vPass, bpf.XdpgateStatSTAT_PASS_V6: vPass,
+	bpf.XdpgateStatSTAT_DROP_V4: vDrop, bpf.XdpgateStatSTAT_DROP_V6: vDrop,
+	bpf.XdpgateStatSTAT_ALLOWED_V4: vAllowed, bpf.XdpgateStatSTAT_ALLOWED_V6: vAllowed,
+	bpf.XdpgateStatSTAT_WOULD_DROP_V4: vWouldDrop, bpf.XdpgateStatSTAT_WOULD_DROP_V6: vWouldDrop,
+	bpf.XdpgateStatSTAT_PASS_NOT_IP: vNotIP, bpf.XdpgateStatSTAT_PASS_MALFORMED: vMalformed,
+}
+
+// mustRun runs one frame through the program and returns its verdict,
+// told apart by the return code and the one counter that moved.
+func (e *env) mustRun(tb testing.TB, b []byte) verdict {
+	tb.Helper()
+	before := e.counters(tb)
 	ret, err := e.dp.Program.Run(&ebpf.RunOptions{Data: b, Repeat: 1})
 	if err != nil {
 		tb.Fatalf("run program on %d bytes: %v", len(b), err)
 	}
-	after, err := e.m.Stats()
-	if err != nil {
-		tb.Fatal(err)
-	}
+	after := e.counters(tb)
 	var got verdict
 	n := 0
-	for _, c := range []struct {
-		a, b maps.Counter
-		v    verdict
-	}{
-		{before.PassV4, after.PassV4, vPass}, {before.PassV6, after.PassV6, vPass},
-		{before.DropV4, after.DropV4, vDrop}, {before.DropV6, after.DropV6, vDrop},
-		{before.AllowedV4, after.AllowedV4, vAllowed}, {before.AllowedV6, after.AllowedV6, vAllowed},
-		{before.WouldDropV4, after.WouldDropV4, vWouldDrop}, {before.WouldDropV6, after.WouldDropV6, vWouldDrop},
-		{before.PassNotIP, after.PassNotIP, vNotIP}, {before.PassMalformed, after.PassMalformed, vMalformed},
-	} {
-		if c.b.Packets == c.a.Packets {
+	for i := range after {
+		a, c := before[i], after[i]
+		if c.Packets == a.Packets {
 			continue
 		}
-		if c.b.Packets != c.a.Packets+1 || c.b.Bytes != c.a.Bytes+uint64(len(b)) {
-			tb.Fatalf("counter for %v moved by %d packets, %d bytes; want 1, %d", c.v, c.b.Packets-c.a.Packets, c.b.Bytes-c.a.Bytes, len(b))
+		if c.Packets != a.Packets+1 || c.Bytes != a.Bytes+uint64(len(b)) {
+			tb.Fatalf("counter %d moved by %d packets, %d bytes; want 1, %d", i, c.Packets-a.Packets, c.Bytes-a.Bytes, len(b))
 		}
-		got = c.v
+		got = statVerdicts[i]
 		n++
 	}
 	if n != 1 {
