@@ -190,6 +190,9 @@ func Load(opts Options) (*Dataplane, error) {
 	}
 	var copts ebpf.CollectionOptions
 	if opts.PinPath != "" {
+		if err := EnsureBPFFS(opts.PinPath); err != nil {
+			return nil, err
+		}
 		if err := os.MkdirAll(filepath.Join(opts.PinPath, linksDir), 0o700); err != nil {
 			return nil, fmt.Errorf("create pin directory: %w", err)
 		}
@@ -225,14 +228,14 @@ func Load(opts Options) (*Dataplane, error) {
 // pinProgram pins the program, replacing an earlier run's pin in one rename.
 func (d *Dataplane) pinProgram() error {
 	final := filepath.Join(d.opts.PinPath, progPin)
-	tmp := final + ".new"
+	tmp := final + "_new" // bpffs refuses dots in names
 	_ = os.Remove(tmp)
 	if err := d.Program.Pin(tmp); err != nil {
 		return fmt.Errorf("pin program: %w", err)
 	}
 	if err := os.Rename(tmp, final); err != nil {
 		_ = os.Remove(tmp)
-		return fmt.Errorf("pin program: %w", err)
+		return fmt.Errorf("pin program: replace %s: %w", final, err)
 	}
 	return nil
 }
@@ -369,7 +372,15 @@ func (d *Dataplane) checkForeign(iface *net.Interface, takeover bool) error {
 	d.log.Warn("taking over interface from a foreign XDP program", "interface", iface.Name, "program_id", xdp.ProgId)
 	// A program attached through netlink (ip link set xdp ...) can be
 	// removed by setting no fd; one held by a bpf_link refuses this.
-	if err := netlink.LinkSetXdpFd(nl, -1); err != nil {
+	// The detach must name the mode the program was attached in.
+	flags := 0
+	switch xdp.AttachMode {
+	case 1: // XDP_ATTACHED_DRV
+		flags = 1 << 2 // XDP_FLAGS_DRV_MODE
+	case 2: // XDP_ATTACHED_SKB
+		flags = 1 << 1 // XDP_FLAGS_SKB_MODE
+	}
+	if err := netlink.LinkSetXdpFdWithFlags(nl, -1, flags); err != nil {
 		return fmt.Errorf("attach %s: remove foreign program %d: %w", iface.Name, xdp.ProgId, err)
 	}
 	return nil
