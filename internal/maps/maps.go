@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
@@ -275,6 +276,8 @@ func (x *Maps) Apply(_ context.Context, upserts []decision.Entry, deletes []neti
 		rv6  []bpf.XdpgateBan
 		bad  int
 		last error
+		b4   []uint32
+		b6   []uint32
 	)
 	for _, e := range upserts {
 		k, p, err := classify(e.Prefix)
@@ -291,14 +294,14 @@ func (x *Maps) Apply(_ context.Context, upserts []decision.Entry, deletes []neti
 		switch k {
 		case kindV4Exact:
 			key := v4Key(p.Addr())
-			x.v4.set(v4ExactBit(key, x.v4.nbits))
+			b4 = append(b4, v4ExactBit(key, x.v4.nbits))
 			k4, v4 = append(k4, key), append(v4, val)
 		case kindV4Range:
 			markV4Range(x.v4Range, p)
 			r4, rv4 = append(r4, lpmV4(p)), append(rv4, val)
 		case kindV6Exact:
 			a := p.Addr().As16()
-			x.v6.set(v6ExactBit(a, x.v6.nbits))
+			b6 = append(b6, v6ExactBit(a, x.v6.nbits))
 			k6, v6 = append(k6, bpf.XdpgateV6Addr{Addr: a}), append(v6, val)
 		case kindV6Range:
 			markV6Range(x.v6Range, p, x.v6Range.nbits)
@@ -308,6 +311,8 @@ func (x *Maps) Apply(_ context.Context, upserts []decision.Entry, deletes []neti
 	if bad > 0 {
 		errs = append(errs, fmt.Errorf("%d invalid prefixes skipped, last: %w", bad, last))
 	}
+	x.v4.setMany(b4)
+	x.v6.setMany(b6)
 	errs = append(errs,
 		batchPut(x.m.BansV4, bpf.XdpgateMapBansV4, k4, v4),
 		batchPut(x.m.BansV6, bpf.XdpgateMapBansV6, k6, v6),
@@ -352,7 +357,30 @@ func (x *Maps) Apply(_ context.Context, upserts []decision.Entry, deletes []neti
 	return errors.Join(errs...)
 }
 
+// batchPut writes keys and values with batch updates. A large batch is
+// split over the CPUs: the kernel takes a lock per hash bucket, so
+// concurrent batches into one map scale.
 func batchPut[K any](m *ebpf.Map, name string, keys []K, vals []bpf.XdpgateBan) error {
+	workers := min(runtime.NumCPU(), 4, len(keys)/(4*batchSize)+1)
+	if workers <= 1 {
+		return batchPutSerial(m, name, keys, vals)
+	}
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	per := (len(keys) + workers - 1) / workers
+	for w := 0; w < workers; w++ {
+		lo, hi := w*per, min((w+1)*per, len(keys))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[w] = batchPutSerial(m, name, keys[lo:hi], vals[lo:hi])
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func batchPutSerial[K any](m *ebpf.Map, name string, keys []K, vals []bpf.XdpgateBan) error {
 	for len(keys) > 0 {
 		n := min(len(keys), batchSize)
 		done, err := m.BatchUpdate(keys[:n], vals[:n], nil)

@@ -79,6 +79,27 @@ func (s *summary) set(bit uint32) {
 	}
 }
 
+// setMany sets many bits at once. A large batch reads the whole bitmap,
+// sets the bits in a copy and writes it back in one copy: much faster than
+// a read and a write per bit, and safe even though the copy is not atomic
+// per word, because every byte written holds all the bits it held before.
+func (s *summary) setMany(bitsToSet []uint32) {
+	if len(bitsToSet) < int(s.words/64) {
+		for _, b := range bitsToSet {
+			s.set(b)
+		}
+		return
+	}
+	buf := make([]byte, int(s.words)*8)
+	_, _ = s.mem.ReadAt(buf, 0)
+	mask := s.words*64 - 1
+	for _, b := range bitsToSet {
+		b &= mask
+		buf[b>>3] |= 1 << (b & 7) // little-endian words: bit i is in byte i/8
+	}
+	_, _ = s.mem.WriteAt(buf, 0)
+}
+
 // setRange sets bits [first, first+n).
 func (s *summary) setRange(first, n uint32) {
 	for n > 0 {
