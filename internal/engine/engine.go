@@ -95,6 +95,16 @@ func New(opts Options, backends ...decision.Backend) *Engine {
 	return e
 }
 
+// SetObserver replaces the observer (metrics are built after the engine).
+func (e *Engine) SetObserver(o Observer) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if o == nil {
+		o = nopObserver{}
+	}
+	e.obs = o
+}
+
 // AddBackend adds a backend (the nftables fallback, when an interface
 // cannot take XDP); it is brought up to date at once.
 func (e *Engine) AddBackend(ctx context.Context, b decision.Backend) error {
