@@ -50,3 +50,7 @@ bench: ## Run the benchmarks and print their comparison tables.
 .PHONY: clean
 clean: ## Remove build output.
 	rm -rf bin
+
+.PHONY: demo
+demo: build ## Run the demo: a real LAPI, a client netns, a ban enforced in XDP, then undone.
+	BIN=bin/xdpgate scripts/demo-run.sh

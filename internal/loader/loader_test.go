@@ -6,12 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -47,106 +44,11 @@ func pinDir(t *testing.T) string {
 	return dir
 }
 
-// topology is a "host" namespace whose veth0 carries the program, and a
-// "client" namespace on the other end (veth1) with several addresses.
-type topology struct {
-	host, client *testutil.NetNS
-}
-
-func newTopology(t *testing.T) *topology {
-	t.Helper()
-	tp := &topology{host: testutil.NewNetNS(t), client: testutil.NewNetNS(t)}
-	testutil.Run(t, "ip", "link", "add", "veth0", "netns", tp.host.Name, "type", "veth", "peer", "name", "veth1", "netns", tp.client.Name)
-	tp.host.Run(t, "ip", "addr", "add", "10.99.0.1/24", "dev", "veth0")
-	tp.host.Run(t, "ip", "addr", "add", "fd00:99::1/64", "dev", "veth0", "nodad")
-	tp.host.Run(t, "ip", "link", "set", "veth0", "up")
-	for _, a := range []string{"10.99.0.2/24", "10.99.0.3/24", "10.99.0.4/24"} {
-		tp.client.Run(t, "ip", "addr", "add", a, "dev", "veth1")
-	}
-	for _, a := range []string{"fd00:99::2/64", "fd00:99::3/64"} {
-		tp.client.Run(t, "ip", "addr", "add", a, "dev", "veth1", "nodad")
-	}
-	tp.client.Run(t, "ip", "link", "set", "veth1", "up")
-	// Static neighbours: no ARP or neighbour discovery from the client, so
-	// the counters see only the datagrams the tests send.
-	mac := strings.TrimSpace(tp.host.Run(t, "cat", "/sys/class/net/veth0/address"))
-	tp.client.Run(t, "ip", "neigh", "replace", "10.99.0.1", "lladdr", mac, "dev", "veth1", "nud", "permanent")
-	tp.client.Run(t, "ip", "neigh", "replace", "fd00:99::1", "lladdr", mac, "dev", "veth1", "nud", "permanent")
-	return tp
-}
-
-// receiver counts UDP datagrams per source address in the host namespace.
-type receiver struct {
-	mu   sync.Mutex
-	seen map[netip.Addr]int
-}
-
-func (tp *topology) listen(t *testing.T) *receiver {
-	t.Helper()
-	r := &receiver{seen: map[netip.Addr]int{}}
-	for _, addr := range []string{"10.99.0.1:9999", "[fd00:99::1]:9999"} {
-		var conn *net.UDPConn
-		if err := tp.host.Do(func() error {
-			var err error
-			conn, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		go func() {
-			buf := make([]byte, 2048)
-			for {
-				_, from, err := conn.ReadFromUDPAddrPort(buf)
-				if err != nil {
-					return
-				}
-				r.mu.Lock()
-				r.seen[from.Addr().Unmap()]++
-				r.mu.Unlock()
-			}
-		}()
-	}
-	return r
-}
-
-func (r *receiver) count(a string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.seen[netip.MustParseAddr(a)]
-}
-
-// send sends n datagrams from src in the client namespace.
-func (tp *topology) send(t *testing.T, src string, n int) {
-	t.Helper()
-	s := netip.MustParseAddr(src)
-	dst := netip.MustParseAddrPort("10.99.0.1:9999")
-	if s.Is6() {
-		dst = netip.MustParseAddrPort("[fd00:99::1]:9999")
-	}
-	err := tp.client.Do(func() error {
-		c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(s, 0)), net.UDPAddrFromAddrPort(dst))
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		for i := 0; i < n; i++ {
-			if _, err := c.Write([]byte("xdpgate")); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("send from %s: %v", src, err)
-	}
-}
-
-func (tp *topology) load(t *testing.T, pin string, mode loader.Mode) (*loader.Dataplane, *maps.Maps, loader.Attachment) {
+func load(tp *testutil.Topology, t *testing.T, pin string, mode loader.Mode) (*loader.Dataplane, *maps.Maps, loader.Attachment) {
 	t.Helper()
 	var dp *loader.Dataplane
 	var att loader.Attachment
-	err := tp.host.Do(func() error {
+	err := tp.Host.Do(func() error {
 		var err error
 		dp, err = loader.Load(loader.Options{PinPath: pin, Sizes: sizes})
 		if err != nil {
@@ -169,23 +71,12 @@ func entry(p string) decision.Entry {
 	return decision.Entry{Prefix: netip.MustParsePrefix(p), Origin: "cscli", Expiry: time.Now().Add(time.Hour)}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestLive attaches the program in native mode to a veth and sends real
 // packets through it: banned sources are dropped, the others arrive, and
 // the counters agree with what was sent and received.
 func TestLive(t *testing.T) {
-	tp := newTopology(t)
-	dp, m, att := tp.load(t, pinDir(t), loader.ModeNative)
+	tp := testutil.NewTopology(t)
+	dp, m, att := load(tp, t, pinDir(t), loader.ModeNative)
 	defer dp.Close()
 	if att.Mode != "native" {
 		t.Fatalf("attached in %q mode, want native", att.Mode)
@@ -197,15 +88,15 @@ func TestLive(t *testing.T) {
 	if err := m.SetAllowlist(ctx, []netip.Prefix{netip.MustParsePrefix("10.99.0.5/32")}); err != nil {
 		t.Fatal(err)
 	}
-	r := tp.listen(t)
+	r := tp.Listen(t)
 	const n = 50
 	for _, src := range []string{"10.99.0.2", "10.99.0.3", "10.99.0.4", "fd00:99::2", "fd00:99::3"} {
-		tp.send(t, src, n)
+		tp.Send(t, src, n)
 	}
-	waitFor(t, "allowed traffic", func() bool { return r.count("10.99.0.3") == n && r.count("fd00:99::3") == n })
+	testutil.WaitFor(t, 5*time.Second, "allowed traffic", func() bool { return r.Count("10.99.0.3") == n && r.Count("fd00:99::3") == n })
 	time.Sleep(100 * time.Millisecond)
 	for _, src := range []string{"10.99.0.2", "10.99.0.4", "fd00:99::2"} {
-		if got := r.count(src); got != 0 {
+		if got := r.Count(src); got != 0 {
 			t.Errorf("%d datagrams from banned %s arrived", got, src)
 		}
 	}
@@ -229,19 +120,19 @@ func TestLive(t *testing.T) {
 // loads a new program over the old one: the maps keep their contents and
 // the link switches program without a gap.
 func TestSurvivesRestart(t *testing.T) {
-	tp := newTopology(t)
+	tp := testutil.NewTopology(t)
 	pin := pinDir(t)
-	dp, m, att := tp.load(t, pin, loader.ModeNative)
+	dp, m, att := load(tp, t, pin, loader.ModeNative)
 	if err := m.Apply(context.Background(), []decision.Entry{entry("10.99.0.2/32")}, nil); err != nil {
 		t.Fatal(err)
 	}
 	dp.Close() // the process "exits": nothing of it is left but the pins
 
-	r := tp.listen(t)
-	tp.send(t, "10.99.0.2", 20)
-	tp.send(t, "10.99.0.3", 20)
-	waitFor(t, "allowed traffic", func() bool { return r.count("10.99.0.3") == 20 })
-	if got := r.count("10.99.0.2"); got != 0 {
+	r := tp.Listen(t)
+	tp.Send(t, "10.99.0.2", 20)
+	tp.Send(t, "10.99.0.3", 20)
+	testutil.WaitFor(t, 5*time.Second, "allowed traffic", func() bool { return r.Count("10.99.0.3") == 20 })
+	if got := r.Count("10.99.0.2"); got != 0 {
 		t.Fatalf("after the loader closed, %d datagrams from the banned source arrived", got)
 	}
 
@@ -258,15 +149,15 @@ func TestSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	pm.Close()
-	tp.send(t, "10.99.0.2", 20)
-	tp.send(t, "10.99.0.3", 20)
-	waitFor(t, "the unbanned source", func() bool { return r.count("10.99.0.2") == 20 })
-	if got := r.count("10.99.0.3"); got != 20 {
+	tp.Send(t, "10.99.0.2", 20)
+	tp.Send(t, "10.99.0.3", 20)
+	testutil.WaitFor(t, 5*time.Second, "the unbanned source", func() bool { return r.Count("10.99.0.2") == 20 })
+	if got := r.Count("10.99.0.3"); got != 20 {
 		t.Fatalf("newly banned source: %d datagrams arrived, want the 20 from before the ban", got)
 	}
 
 	// Upgrade: a new program replaces the old one in the pinned link.
-	dp2, m3, att2 := tp.load(t, pin, loader.ModeNative)
+	dp2, m3, att2 := load(tp, t, pin, loader.ModeNative)
 	defer dp2.Close()
 	if att2.ProgramID == att.ProgramID {
 		t.Errorf("program id unchanged after reload (%d)", att.ProgramID)
@@ -290,7 +181,7 @@ func TestSurvivesRestart(t *testing.T) {
 // TestForeignProgram refuses an interface that runs somebody else's XDP
 // program, unless told to take over.
 func TestForeignProgram(t *testing.T) {
-	tp := newTopology(t)
+	tp := testutil.NewTopology(t)
 	foreign, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type: ebpf.XDP, License: "MIT",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()},
@@ -299,7 +190,7 @@ func TestForeignProgram(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer foreign.Close()
-	err = tp.host.Do(func() error {
+	err = tp.Host.Do(func() error {
 		l, err := netlink.LinkByName("veth0")
 		if err != nil {
 			return err
@@ -310,7 +201,7 @@ func TestForeignProgram(t *testing.T) {
 		t.Fatal(err)
 	}
 	pin := pinDir(t)
-	err = tp.host.Do(func() error {
+	err = tp.Host.Do(func() error {
 		dp, err := loader.Load(loader.Options{PinPath: pin, Sizes: sizes})
 		if err != nil {
 			return err
