@@ -376,7 +376,7 @@ func (a *Agent) Ready() (bool, string) {
 	if !a.health.synced {
 		return false, "no decision set from LAPI yet (existing bans are still enforced)"
 	}
-	stale := max(3*a.cfg.UpdateFrequency, 30*time.Second)
+	stale := max(3*a.cfg.UpdateFrequency, 5*time.Second)
 	if since := time.Since(a.health.lastPull); since > stale {
 		return false, fmt.Sprintf("no successful LAPI pull for %s (existing bans are still enforced)", since.Round(time.Second))
 	}

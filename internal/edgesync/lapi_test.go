@@ -1,12 +1,7 @@
 package edgesync
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"io"
-	"net/http"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -17,62 +12,6 @@ import (
 	"github.com/xdpgate/xdpgate/internal/lapi"
 	"github.com/xdpgate/xdpgate/internal/lapitest"
 )
-
-// watcher is a machine account of a test LAPI, the way agents and the
-// console sync push alerts. Decisions posted inside an alert keep the
-// origin they carry: this is how decisions of origin crowdsec (an agent's
-// detection), CAPI and lists get into a LAPI that has no online API.
-type watcher struct {
-	url, token string
-}
-
-func newWatcher(t *testing.T, l *lapitest.LAPI) *watcher {
-	t.Helper()
-	const user, pass = "edgesynctest", "edgesync-test-password-0123456789"
-	l.Cscli(t, "machines", "add", user, "--password", pass, "--force", "-f", filepath.Join(t.TempDir(), "creds.yaml"))
-	body, _ := json.Marshal(map[string]any{"machine_id": user, "password": pass, "scenarios": []string{}})
-	res, err := http.Post(l.URL()+"v1/watchers/login", "application/json", bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	raw, _ := io.ReadAll(res.Body)
-	var out struct {
-		Token string `json:"token"`
-	}
-	if res.StatusCode != 200 || json.Unmarshal(raw, &out) != nil || out.Token == "" {
-		t.Fatalf("watcher login: %d %s", res.StatusCode, raw)
-	}
-	return &watcher{url: l.URL(), token: out.Token}
-}
-
-// post sends one alert holding one decision with the given origin.
-func (w *watcher) post(t *testing.T, origin, scope, value, typ, scenario string) {
-	t.Helper()
-	now := time.Now().UTC().Format(time.RFC3339)
-	alert := []map[string]any{{
-		"scenario": scenario, "scenario_hash": "", "scenario_version": "", "message": "edgesync test " + origin,
-		"events_count": 1, "capacity": 0, "leakspeed": "0", "simulated": false, "start_at": now, "stop_at": now,
-		"events": []map[string]any{{"timestamp": now, "meta": []map[string]string{{"key": "test", "value": "1"}}}},
-		"source": map[string]any{"scope": scope, "value": value},
-		"decisions": []map[string]any{{
-			"origin": origin, "scope": scope, "value": value, "type": typ, "duration": "4h", "scenario": scenario, "simulated": false,
-		}},
-	}}
-	body, _ := json.Marshal(alert)
-	req, _ := http.NewRequest("POST", w.url+"v1/alerts", bytes.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+w.token)
-	req.Header.Set("Content-Type", "application/json")
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	raw, _ := io.ReadAll(res.Body)
-	if res.StatusCode != 201 && res.StatusCode != 200 {
-		t.Fatalf("post alert (%s %s): %d %s", origin, value, res.StatusCode, raw)
-	}
-}
 
 // seedLAPI puts decisions of every origin and several types into l.
 func seedLAPI(t *testing.T, l *lapitest.LAPI) {
@@ -86,11 +25,12 @@ func seedLAPI(t *testing.T, l *lapitest.LAPI) {
 	l.AddDecision(t, "--ip", "2001:db8:1:2::ff", "--type", "ban", "--duration", "4h")
 	l.AddDecision(t, "--ip", "::ffff:192.0.2.9", "--type", "ban", "--duration", "4h")
 	l.Import(t, []lapitest.ImportRow{{Value: "203.0.113.1"}, {Value: "203.0.113.2", Type: "captcha"}})
-	w := newWatcher(t, l)
-	w.post(t, "crowdsec", "Ip", "192.0.2.50", "ban", "crowdsecurity/http-probing")
-	w.post(t, "CAPI", "Ip", "203.0.113.100", "ban", "crowdsecurity/ssh-bf")
-	w.post(t, "CAPI", "Range", "203.0.113.128/25", "ban", "crowdsecurity/http-bad-user-agent")
-	w.post(t, "lists", "Ip", "203.0.113.200", "ban", "firehol_level1")
+	l.PostAlert(t,
+		lapitest.Alert{Origin: "crowdsec", Value: "192.0.2.50", Scenario: "crowdsecurity/http-probing"},
+		lapitest.Alert{Origin: "CAPI", Value: "203.0.113.100", Scenario: "crowdsecurity/ssh-bf"},
+		lapitest.Alert{Origin: "CAPI", Scope: "Range", Value: "203.0.113.128/25", Scenario: "crowdsecurity/http-bad-user-agent"},
+		lapitest.Alert{Origin: "lists", Value: "203.0.113.200", Scenario: "firehol_level1"},
+	)
 }
 
 func lapiConfig(l *lapitest.LAPI, key string, origins ...string) lapi.Config {

@@ -11,10 +11,8 @@ package lapitest
 
 import (
 	"bytes"
-	"context"
 	"encoding/csv"
 	"fmt"
-	"github.com/vishvananda/netns"
 	"net"
 	"net/http"
 	"os"
@@ -48,7 +46,8 @@ type LAPI struct {
 	port            int
 	// netns, when set, is the named network namespace crowdsec and cscli
 	// run in (StartInNetNS).
-	netns string
+	netns   string
+	watcher watcher
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -451,34 +450,7 @@ func (l *LAPI) HTTPClient() *http.Client {
 	if l.netns == "" {
 		return &http.Client{Timeout: time.Second}
 	}
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		type result struct {
-			c   net.Conn
-			err error
-		}
-		ch := make(chan result, 1)
-		go func() {
-			// The thread is left in the namespace and dies with this
-			// goroutine; the socket keeps the namespace it was made in.
-			runtime.LockOSThread()
-			h, err := netns.GetFromName(l.netns)
-			if err != nil {
-				ch <- result{nil, err}
-				return
-			}
-			defer h.Close()
-			if err := netns.Set(h); err != nil {
-				ch <- result{nil, err}
-				return
-			}
-			var d net.Dialer
-			c, err := d.DialContext(ctx, network, addr)
-			ch <- result{c, err}
-		}()
-		r := <-ch
-		return r.c, r.err
-	}
-	return &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
+	return testutil.HTTPClientIn(l.netns)
 }
 
 // command runs name in the LAPI's network namespace.

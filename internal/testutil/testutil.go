@@ -7,14 +7,18 @@ package testutil
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netns"
 )
@@ -104,6 +108,13 @@ func (ns *NetNS) Command(args ...string) *exec.Cmd {
 	return exec.Command("ip", append([]string{"netns", "exec", ns.Name}, args...)...)
 }
 
+// Enter returns an exec.Cmd that runs inside the namespace's network
+// namespace only. Unlike `ip netns exec` it keeps the caller's mounts, so a
+// process started this way pins to the same /sys/fs/bpf as the test.
+func (ns *NetNS) Enter(args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=/run/netns/" + ns.Name, "--"}, args...)...)
+}
+
 // Run runs a command and fails the test with its output on error.
 func Run(tb testing.TB, args ...string) string {
 	tb.Helper()
@@ -115,4 +126,38 @@ func Run(tb testing.TB, args ...string) string {
 		tb.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out.String())
 	}
 	return out.String()
+}
+
+// HTTPClientIn returns an HTTP client whose connections are dialled from
+// inside the named network namespace (the transport dials from goroutines
+// of its own, which a locked thread would not cover).
+func HTTPClientIn(name string) *http.Client {
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		type result struct {
+			c   net.Conn
+			err error
+		}
+		ch := make(chan result, 1)
+		go func() {
+			// The thread is left in the namespace and dies with this
+			// goroutine; the socket keeps the namespace it was made in.
+			runtime.LockOSThread()
+			h, err := netns.GetFromName(name)
+			if err != nil {
+				ch <- result{nil, err}
+				return
+			}
+			defer h.Close()
+			if err := netns.Set(h); err != nil {
+				ch <- result{nil, err}
+				return
+			}
+			var d net.Dialer
+			c, err := d.DialContext(ctx, network, addr)
+			ch <- result{c, err}
+		}()
+		r := <-ch
+		return r.c, r.err
+	}
+	return &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
 }
