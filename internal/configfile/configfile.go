@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"regexp"
 	"strings"
@@ -47,7 +48,7 @@ func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
 func (s Secret) MarshalJSON() ([]byte, error) { return []byte(fmt.Sprintf("%q", s.String())), nil }
 
 // LogValue keeps the secret out of slog output.
-func (s Secret) LogValue() any { return s.String() }
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
 
 // Reveal returns the secret itself, for the one place that sends it.
 func (s Secret) Reveal() string { return string(s) }

@@ -2,6 +2,7 @@ package configfile
 
 import (
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -129,5 +130,14 @@ func TestReadSecretFile(t *testing.T) {
 	}
 	if _, err := ReadSecretFile(write(t, dir, "empty", "\n")); err == nil {
 		t.Error("empty secret file accepted")
+	}
+}
+
+func TestSecretInSlog(t *testing.T) {
+	var buf strings.Builder
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	log.Info("x", "key", Secret("s3cret"))
+	if strings.Contains(buf.String(), "s3cret") || !strings.Contains(buf.String(), Redacted) {
+		t.Errorf("slog output: %s", buf.String())
 	}
 }
