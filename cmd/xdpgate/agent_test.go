@@ -38,7 +38,7 @@ func TestMain(m *testing.M) {
 }
 
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	tp     *testutil.Topology
 	lapi   *lapitest.LAPI
 	key    string
@@ -60,7 +60,12 @@ const updateFrequency = 500 * time.Millisecond
 // full resync is what repairs that, in production every few minutes.
 const resyncInterval = 3 * time.Second
 
-func newHarness(t *testing.T, extra string) *harness {
+func newHarness(t testing.TB, extra string) *harness {
+	t.Helper()
+	return newHarnessWith(t, updateFrequency, resyncInterval, extra)
+}
+
+func newHarnessWith(t testing.TB, update, resync time.Duration, extra string) *harness {
 	t.Helper()
 	testutil.Privileged(t)
 	h := &harness{t: t, tp: testutil.NewTopology(t), port: 60601}
@@ -90,7 +95,7 @@ prometheus:
   enabled: true
   listen_addr: 127.0.0.1
   listen_port: %d
-%s`, h.lapi.URL(), h.key, updateFrequency, resyncInterval, h.pin, h.port, extra)
+%s`, h.lapi.URL(), h.key, update, resync, h.pin, h.port, extra)
 	if err := os.WriteFile(h.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

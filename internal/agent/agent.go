@@ -311,7 +311,8 @@ func (a *Agent) apply(ctx context.Context, b lapi.Batch) {
 		lvl = slog.LevelInfo
 	}
 	a.log.Log(ctx, lvl, "decisions applied", "startup", b.Startup, "new", st.New, "deleted", st.Deleted,
-		"skipped", st.Skipped, "upserts", st.Upserts, "deletes", st.Deletes, "took", time.Since(start).Round(time.Microsecond))
+		"skipped", st.Skipped, "upserts", st.Upserts, "deletes", st.Deletes, "took", time.Since(start).Round(time.Microsecond),
+		"since_received", time.Since(b.Received).Round(time.Microsecond))
 	if err != nil {
 		a.log.Error("applying decisions", "error", err)
 	}
