@@ -10,6 +10,10 @@ TEST_TIMEOUT ?= 25m
 
 .DEFAULT_GOAL := help
 
+# Targets of their own files: the kernel matrix, the fleet load test, the
+# live drop benchmark.
+-include vm.mk fleet.mk live.mk
+
 .PHONY: help
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
