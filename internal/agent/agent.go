@@ -235,10 +235,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
+	links, routes := a.subscribeInterfaces(ctx)
 	if err := a.syncInterfaces(ctx); err != nil {
 		return err
 	}
-	go a.watchInterfaces(ctx)
+	go a.watchInterfaces(ctx, links, routes)
 
 	srvErr := make(chan error, 1)
 	if a.cfg.Prometheus.Enabled {

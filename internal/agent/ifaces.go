@@ -72,7 +72,20 @@ func (a *Agent) syncInterfaces(ctx context.Context) error {
 	for _, name := range want {
 		seen[name] = true
 		if _, err := netlink.LinkByName(name); err != nil {
-			a.log.Warn("configured interface not present; it will be attached when it appears", "interface", name)
+			a.mu.Lock()
+			_, held := a.ifaces[name]
+			delete(a.ifaces, name)
+			a.mu.Unlock()
+			if held {
+				// The device went away, and its bpf_link with it: drop
+				// the pin. It is attached again if it comes back.
+				if err := a.dp.Detach(name); err != nil && !errors.Is(err, loader.ErrNotAttached) {
+					a.log.Debug("unpin link of a removed interface", "interface", name, "error", err)
+				}
+				a.log.Info("interface gone; it will be attached again if it comes back", "interface", name)
+			} else {
+				a.log.Warn("configured interface not present; it will be attached when it appears", "interface", name)
+			}
 			continue
 		}
 		a.mu.Lock()
@@ -125,14 +138,13 @@ func (a *Agent) syncInterfaces(ctx context.Context) error {
 	return nil
 }
 
-// watchInterfaces follows links and routes coming and going: a wanted
-// interface that appears is attached, one that disappears is forgotten.
-// A periodic pass catches anything the subscriptions missed.
-func (a *Agent) watchInterfaces(ctx context.Context) {
-	links := make(chan netlink.LinkUpdate, 64)
-	routes := make(chan netlink.RouteUpdate, 64)
-	done := make(chan struct{})
-	defer close(done)
+// subscribeInterfaces subscribes to link (and, for auto, route) changes.
+// It is called before the first pass over the interfaces, so that nothing
+// that changes in between is missed.
+func (a *Agent) subscribeInterfaces(ctx context.Context) (links chan netlink.LinkUpdate, routes chan netlink.RouteUpdate) {
+	links = make(chan netlink.LinkUpdate, 64)
+	routes = make(chan netlink.RouteUpdate, 64)
+	done := ctx.Done()
 	onErr := func(err error) { a.log.Debug("netlink subscription", "error", err) }
 	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
 		a.log.Warn("cannot follow interface changes; polling instead", "error", err)
@@ -142,6 +154,13 @@ func (a *Agent) watchInterfaces(ctx context.Context) {
 			a.log.Warn("cannot follow route changes; polling instead", "error", err)
 		}
 	}
+	return links, routes
+}
+
+// watchInterfaces follows links and routes coming and going: a wanted
+// interface that appears is attached, one that disappears is forgotten.
+// A periodic pass catches anything the subscriptions missed.
+func (a *Agent) watchInterfaces(ctx context.Context, links chan netlink.LinkUpdate, routes chan netlink.RouteUpdate) {
 	tick := time.NewTicker(30 * time.Second)
 	defer tick.Stop()
 	// Coalesce bursts of events into one pass.
