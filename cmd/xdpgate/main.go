@@ -25,6 +25,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -331,8 +332,11 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(w, "would drop (count-only):\t%d packets\n", n)
 		}
 	}
+	nftInUse := out.Agent != nil && slices.Contains(out.Agent.Backends, "nftables")
 	for _, nc := range out.NFTables {
-		fmt.Fprintf(w, "nftables %s %s:\t%d packets dropped\n", nc.Family, nc.Hook, nc.Packets)
+		if nftInUse || nc.Packets > 0 {
+			fmt.Fprintf(w, "nftables %s %s:\t%d packets dropped\n", nc.Family, nc.Hook, nc.Packets)
+		}
 	}
 	return nil
 }
