@@ -85,9 +85,15 @@ struct ban {
 	__u32 reserved;
 };
 
+/* Addresses are byte arrays, not integers, so that bpftool prints them as
+ * the dotted bytes they are ([203,0,113,7]) rather than as a number. */
+struct v4_addr {
+	__u8 addr[4]; /* network byte order */
+};
+
 struct lpm_v4_key {
 	__u32 prefixlen; /* host byte order, as the LPM trie requires */
-	__be32 addr;     /* network byte order */
+	__u8 addr[4];    /* network byte order */
 };
 
 struct lpm_v6_key {
@@ -138,7 +144,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 20);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __be32); /* IPv4 address, network byte order */
+	__type(key, struct v4_addr);
 	__type(value, struct ban);
 } bans_v4 SEC(".maps");
 
@@ -340,9 +346,10 @@ static __always_inline int expired(const struct ban *b, __u64 *now)
 
 static __always_inline struct ban *find_range_v4(__be32 addr, __u64 *now)
 {
-	struct lpm_v4_key key = { .prefixlen = 32, .addr = addr };
+	struct lpm_v4_key key = { .prefixlen = 32 };
 	struct ban *b;
 
+	__builtin_memcpy(key.addr, &addr, 4);
 	for (int i = 0; i < MAX_EXPIRED_RETRIES; i++) {
 		b = bpf_map_lookup_elem(&ranges_v4, &key);
 		if (!b)
@@ -362,7 +369,10 @@ static __always_inline struct ban *find_v4(__be32 addr, __u64 *now)
 	struct ban *b;
 
 	if (bit_test(&summary_v4, hash64(addr, summary_v4_bits))) {
-		b = bpf_map_lookup_elem(&bans_v4, &addr);
+		struct v4_addr key;
+
+		__builtin_memcpy(key.addr, &addr, 4);
+		b = bpf_map_lookup_elem(&bans_v4, &key);
 		/* An expired exact ban falls through: a range may hold it. */
 		if (b && !expired(b, now))
 			return b;
@@ -374,8 +384,9 @@ static __always_inline struct ban *find_v4(__be32 addr, __u64 *now)
 
 static __always_inline int allowed_v4(__be32 addr)
 {
-	struct lpm_v4_key key = { .prefixlen = 32, .addr = addr };
+	struct lpm_v4_key key = { .prefixlen = 32 };
 
+	__builtin_memcpy(key.addr, &addr, 4);
 	if (!bit_test(&summary_allow_v4, bpf_ntohl(addr) >> 16))
 		return 0;
 	return bpf_map_lookup_elem(&allow_v4, &key) != NULL;

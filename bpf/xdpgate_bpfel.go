@@ -43,7 +43,7 @@ const (
 type XdpgateLpmV4Key struct {
 	_         structs.HostLayout
 	Prefixlen uint32
-	Addr      uint32
+	Addr      [4]uint8
 }
 
 type XdpgateLpmV6Key struct {
@@ -72,6 +72,11 @@ const (
 	XdpgateStatSTAT_PASS_MALFORMED XdpgateStat = 9
 	XdpgateStatSTAT_MAX            XdpgateStat = 10
 )
+
+type XdpgateV4Addr struct {
+	_    structs.HostLayout
+	Addr [4]uint8
+}
 
 type XdpgateV6Addr struct {
 	_    structs.HostLayout

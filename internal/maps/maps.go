@@ -9,7 +9,6 @@ package maps
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -237,18 +236,15 @@ func classify(p netip.Prefix) (kind, netip.Prefix, error) {
 }
 
 func lpmV4(p netip.Prefix) bpf.XdpgateLpmV4Key {
-	return bpf.XdpgateLpmV4Key{Prefixlen: uint32(p.Bits()), Addr: v4Key(p.Addr())}
+	return bpf.XdpgateLpmV4Key{Prefixlen: uint32(p.Bits()), Addr: p.Addr().As4()}
 }
 
 func lpmV6(p netip.Prefix) bpf.XdpgateLpmV6Key {
 	return bpf.XdpgateLpmV6Key{Prefixlen: uint32(p.Bits()), Addr: p.Addr().As16()}
 }
 
-func v4FromKey(k uint32) netip.Addr {
-	var b [4]byte
-	binary.LittleEndian.PutUint32(b[:], k)
-	return netip.AddrFrom4(b)
-}
+func v4Addr(a netip.Addr) bpf.XdpgateV4Addr { return bpf.XdpgateV4Addr{Addr: a.As4()} }
+
 
 // ---- Writes.
 
@@ -266,7 +262,7 @@ func (x *Maps) Apply(_ context.Context, upserts []decision.Entry, deletes []neti
 	var errs []error
 
 	var (
-		k4   []uint32
+		k4   []bpf.XdpgateV4Addr
 		v4   []bpf.XdpgateBan
 		k6   []bpf.XdpgateV6Addr
 		v6   []bpf.XdpgateBan
@@ -293,9 +289,8 @@ func (x *Maps) Apply(_ context.Context, upserts []decision.Entry, deletes []neti
 		val := bpf.XdpgateBan{ExpiresNs: c.toBoot(e.Expiry), Origin: id, Prefixlen: uint8(p.Bits())}
 		switch k {
 		case kindV4Exact:
-			key := v4Key(p.Addr())
-			b4 = append(b4, v4ExactBit(key, x.v4.nbits))
-			k4, v4 = append(k4, key), append(v4, val)
+			b4 = append(b4, v4ExactBit(v4Key(p.Addr()), x.v4.nbits))
+			k4, v4 = append(k4, v4Addr(p.Addr())), append(v4, val)
 		case kindV4Range:
 			markV4Range(x.v4Range, p)
 			r4, rv4 = append(r4, lpmV4(p)), append(rv4, val)
@@ -320,7 +315,7 @@ func (x *Maps) Apply(_ context.Context, upserts []decision.Entry, deletes []neti
 		eachPut(x.m.RangesV6, bpf.XdpgateMapRangesV6, r6, rv6),
 	)
 
-	var d4 []uint32
+	var d4 []bpf.XdpgateV4Addr
 	var d6 []bpf.XdpgateV6Addr
 	var dr4 []bpf.XdpgateLpmV4Key
 	var dr6 []bpf.XdpgateLpmV6Key
@@ -331,7 +326,7 @@ func (x *Maps) Apply(_ context.Context, upserts []decision.Entry, deletes []neti
 		}
 		switch k {
 		case kindV4Exact:
-			d4 = append(d4, v4Key(p.Addr()))
+			d4 = append(d4, v4Addr(p.Addr()))
 		case kindV4Range:
 			dr4 = append(dr4, lpmV4(p))
 		case kindV6Exact:
@@ -507,7 +502,7 @@ func (x *Maps) SetAllowlist(_ context.Context, allow []netip.Prefix) error {
 }
 
 func prefixV4(k bpf.XdpgateLpmV4Key) netip.Prefix {
-	return netip.PrefixFrom(v4FromKey(k.Addr), int(k.Prefixlen))
+	return netip.PrefixFrom(netip.AddrFrom4(k.Addr), int(k.Prefixlen))
 }
 
 func prefixV6(k bpf.XdpgateLpmV6Key) netip.Prefix {
@@ -560,12 +555,12 @@ func (x *Maps) walk(fn func(netip.Prefix, bpf.XdpgateBan, clock)) error {
 	c := now()
 	var errs []error
 	var cursor ebpf.MapBatchCursor
-	keys := make([]uint32, 4096)
+	keys := make([]bpf.XdpgateV4Addr, 4096)
 	vals := make([]bpf.XdpgateBan, 4096)
 	for {
 		n, err := x.m.BansV4.BatchLookup(&cursor, keys, vals, nil)
 		for i := 0; i < n; i++ {
-			fn(netip.PrefixFrom(v4FromKey(keys[i]), 32), vals[i], c)
+			fn(netip.PrefixFrom(netip.AddrFrom4(keys[i].Addr), 32), vals[i], c)
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			break
@@ -724,7 +719,7 @@ func (x *Maps) Check(addr netip.Addr) (CheckResult, error) {
 	}
 	var v bpf.XdpgateBan
 	if addr.Is4() {
-		key := v4Key(addr)
+		key := v4Addr(addr)
 		err := x.m.BansV4.Lookup(key, &v)
 		switch {
 		case err == nil && live(&v):
@@ -732,7 +727,7 @@ func (x *Maps) Check(addr netip.Addr) (CheckResult, error) {
 		case err != nil && !errors.Is(err, ebpf.ErrKeyNotExist):
 			return res, fmt.Errorf("look up %s: %w", bpf.XdpgateMapBansV4, err)
 		default:
-			k := bpf.XdpgateLpmV4Key{Prefixlen: 32, Addr: key}
+			k := bpf.XdpgateLpmV4Key{Prefixlen: 32, Addr: key.Addr}
 			for range 8 {
 				if err := x.m.RangesV4.Lookup(&k, &v); err != nil {
 					break
@@ -780,7 +775,7 @@ func (x *Maps) Check(addr netip.Addr) (CheckResult, error) {
 	res.Verdict = VerdictDrop
 	var a bpf.XdpgateAllow
 	if addr.Is4() {
-		k := bpf.XdpgateLpmV4Key{Prefixlen: 32, Addr: v4Key(addr)}
+		k := bpf.XdpgateLpmV4Key{Prefixlen: 32, Addr: addr.As4()}
 		if err := x.m.AllowV4.Lookup(&k, &a); err == nil {
 			// The kernel does not say which entry matched: find it.
 			res.Allow = x.allowMatch(addr)
