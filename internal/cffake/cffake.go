@@ -102,6 +102,9 @@ type Options struct {
 	BusyRetryAfter string
 	// Latency is added to every request.
 	Latency time.Duration
+	// Listener, when set, is where the fake serves (for instance a socket
+	// made inside a test's network namespace); by default a loopback port.
+	Listener net.Listener
 }
 
 // Item is a list item as the fake holds it.
@@ -250,6 +253,13 @@ func NewServer(opts Options) *Server {
 	}
 	for _, z := range opts.Zones {
 		s.zones[z] = true
+	}
+	if opts.Listener != nil {
+		s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
+		s.srv.Listener.Close()
+		s.srv.Listener = opts.Listener
+		s.srv.Start()
+		return s
 	}
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
 	return s
