@@ -199,7 +199,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 		Origins:         cfg.Origins, Scopes: cfg.Scopes,
 		ScenariosContaining: cfg.ScenariosContaining, ScenariosNotContaining: cfg.ScenariosNotContaining,
 		UserAgent: "xdpgate/" + version,
-	}, lapi.WithLogger(log), lapi.WithPullObserver(func(ev lapi.PullEvent) {
+	}, lapi.WithLogger(log), lapi.WithDecisionSets(), lapi.WithPullObserver(func(ev lapi.PullEvent) {
 		if a != nil {
 			a.ObservePull(ev)
 		}

@@ -1,9 +1,10 @@
 // Package engine is the reconcile core between the LAPI decision stream
-// and the enforcement backends. It folds decisions into a refcounting
-// store, and writes to every backend only the difference between what the
-// store says and what the backend already enforces: a startup set, a resync
-// or a restart over pinned maps that changes nothing writes nothing, and
-// nothing is ever flushed.
+// and the enforcement backends. It folds decisions per prefix, counting
+// every decision on a value so that deleting one never unbans a value
+// another decision still holds, and writes to every backend only the
+// difference between what the decisions ask for and what the backend
+// already enforces: a startup set, a resync or a restart over pinned maps
+// that changes nothing writes nothing, and nothing is ever flushed.
 package engine
 
 import (
@@ -53,25 +54,30 @@ type Options struct {
 	Now func() time.Time
 }
 
-// Engine holds the decision store and the backends it feeds. It is safe
-// for concurrent use; batches are applied one at a time.
+// Engine holds the decisions and the backends they feed. It is safe for
+// concurrent use; batches are applied one at a time.
 type Engine struct {
-	opts  Options
-	log   *slog.Logger
-	obs   Observer
-	now   func() time.Time
-	mu    sync.Mutex
-	store *decision.Store
-	bes   []*tracked
+	opts Options
+	log  *slog.Logger
+	obs  Observer
+	now  func() time.Time
+	mu   sync.Mutex
+	tab  table
+	bes  []*tracked
 	// skippedIDs remembers which bad decisions were logged, so each is
 	// logged once however often LAPI sends it.
 	skippedIDs map[int64]struct{}
+	// synced is set by the first complete set. Until then the engine
+	// knows no decision, so a reconcile would delete everything a
+	// backend enforces from before a restart: it only reads back.
+	synced bool
 }
 
-// tracked is a backend with what it is known to enforce.
+// tracked is a backend and its column in the table: what it is known to
+// enforce.
 type tracked struct {
-	be      decision.Backend
-	applied map[netip.Prefix]decision.Entry
+	be  decision.Backend
+	col int
 	// stale is set when a write failed part way: the next reconcile
 	// reads the backend back before diffing.
 	stale bool
@@ -79,7 +85,7 @@ type tracked struct {
 
 // New returns an engine feeding backends. Call Init before the first batch.
 func New(opts Options, backends ...decision.Backend) *Engine {
-	e := &Engine{opts: opts, log: opts.Logger, obs: opts.Observer, now: opts.Now, store: decision.NewStore(), skippedIDs: map[int64]struct{}{}}
+	e := &Engine{opts: opts, log: opts.Logger, obs: opts.Observer, now: opts.Now, skippedIDs: map[int64]struct{}{}}
 	if e.log == nil {
 		e.log = slog.Default()
 	}
@@ -90,7 +96,7 @@ func New(opts Options, backends ...decision.Backend) *Engine {
 		e.now = time.Now
 	}
 	for _, b := range backends {
-		e.bes = append(e.bes, &tracked{be: b, stale: true})
+		e.bes = append(e.bes, &tracked{be: b, col: e.tab.addBackend(), stale: true})
 	}
 	return e
 }
@@ -110,12 +116,20 @@ func (e *Engine) SetObserver(o Observer) {
 func (e *Engine) AddBackend(ctx context.Context, b decision.Backend) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	t := &tracked{be: b, stale: true}
+	t := &tracked{be: b, col: e.tab.addBackend(), stale: true}
 	e.bes = append(e.bes, t)
 	if err := b.SetAllowlist(ctx, e.opts.Allowlist); err != nil {
 		return fmt.Errorf("%s: set allowlist: %w", b.Name(), err)
 	}
-	return e.reconcileLocked(ctx, t, e.store.Entries(e.now()))
+	_, _, err := e.reconcile(ctx, t, nanos(e.now()))
+	return err
+}
+
+// Synced reports whether a complete decision set has been applied.
+func (e *Engine) Synced() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.synced
 }
 
 // Backends returns the names of the backends in use.
@@ -140,26 +154,27 @@ func (e *Engine) Init(ctx context.Context) error {
 		if err := t.be.SetAllowlist(ctx, e.opts.Allowlist); err != nil {
 			errs = append(errs, fmt.Errorf("%s: set allowlist: %w", t.be.Name(), err))
 		}
-		if err := e.readBack(ctx, t); err != nil {
+		n, err := e.readBack(ctx, t)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		e.log.Info("backend state read", "backend", t.be.Name(), "entries", len(t.applied))
+		e.log.Info("backend state read", "backend", t.be.Name(), "entries", n)
 	}
 	return errors.Join(errs...)
 }
 
-func (e *Engine) readBack(ctx context.Context, t *tracked) error {
+func (e *Engine) readBack(ctx context.Context, t *tracked) (int, error) {
 	list, err := t.be.List(ctx)
 	if err != nil {
-		return fmt.Errorf("%s: read enforced entries: %w", t.be.Name(), err)
+		return 0, fmt.Errorf("%s: read enforced entries: %w", t.be.Name(), err)
 	}
-	t.applied = make(map[netip.Prefix]decision.Entry, len(list))
+	e.tab.forget(t.col)
 	for _, en := range list {
-		t.applied[en.Prefix] = en
+		e.tab.setHeld(t.col, e.tab.rowOf(keyOf(en.Prefix)), e.tab.hold(en))
 	}
 	t.stale = false
-	return nil
+	return len(list), nil
 }
 
 // Stats summarises one batch.
@@ -171,37 +186,48 @@ type Stats struct {
 }
 
 // Startup applies a complete set of active decisions (a LAPI startup pull
-// or a resync): the store is replaced and every backend reconciled by
-// difference. Entries no decision holds any more are removed; nothing that
-// is still banned leaves a backend, even for a moment.
+// or a resync): it replaces the decisions held and reconciles every
+// backend by difference. Entries no decision holds any more are removed;
+// nothing that is still banned leaves a backend, even for a moment.
 func (e *Engine) Startup(ctx context.Context, decisions []*models.Decision) (Stats, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := e.now()
 	st := Stats{New: len(decisions)}
-	ds := make([]decision.Decision, 0, len(decisions))
+	e.tab.reset(len(decisions))
 	for _, raw := range decisions {
 		d, err := decision.Parse(raw, now, e.opts.Parse)
-		if err != nil {
-			e.skip(err)
-			st.Skipped++
-			continue
-		}
-		e.countAllowlisted(d.Prefix)
-		ds = append(ds, d)
+		e.take(&st, d, err)
 	}
-	e.store.Replace(ds)
-	desired := e.store.Entries(now)
-	var errs []error
-	for _, t := range e.bes {
-		u, d, err := e.reconcileCounted(ctx, t, desired)
-		st.Upserts += u
-		st.Deletes += d
-		if err != nil {
-			errs = append(errs, err)
-		}
+	e.synced = true
+	return e.reconcileAll(ctx, nanos(now), st)
+}
+
+// StartupSet is Startup for a set packed as it was decoded (lapi's
+// WithDecisionSets): the decisions go into the table one at a time, and no
+// step holds the set as *models.Decision values or as a list of entries.
+func (e *Engine) StartupSet(ctx context.Context, set *decision.Set) (Stats, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.now()
+	st := Stats{New: set.Len()}
+	e.tab.reset(set.Len())
+	for d, err := range set.Decisions(now, e.opts.Parse) {
+		e.take(&st, d, err)
 	}
-	return st, errors.Join(errs...)
+	e.synced = true
+	return e.reconcileAll(ctx, nanos(now), st)
+}
+
+// take adds a parsed decision, or counts and logs its skip.
+func (e *Engine) take(st *Stats, d decision.Decision, err error) {
+	if err != nil {
+		e.skip(err)
+		st.Skipped++
+		return
+	}
+	e.countAllowlisted(d.Prefix)
+	e.tab.add(d)
 }
 
 // Delta applies a stream delta: only the prefixes it touches are
@@ -211,15 +237,15 @@ func (e *Engine) Delta(ctx context.Context, added, deleted []*models.Decision) (
 	defer e.mu.Unlock()
 	now := e.now()
 	st := Stats{New: len(added), Deleted: len(deleted)}
-	touched := map[netip.Prefix]struct{}{}
+	touched := map[int32]struct{}{}
 	for _, raw := range deleted {
 		d, err := decision.ParseDeleted(raw, e.opts.Parse)
 		if err != nil {
 			// A delete for a decision we never took: nothing to undo.
 			continue
 		}
-		if e.store.Delete(d) {
-			touched[d.Prefix] = struct{}{}
+		if r, ok := e.tab.deleteID(d.ID); ok {
+			touched[r] = struct{}{}
 		}
 	}
 	for _, raw := range added {
@@ -230,24 +256,20 @@ func (e *Engine) Delta(ctx context.Context, added, deleted []*models.Decision) (
 			continue
 		}
 		e.countAllowlisted(d.Prefix)
-		e.store.Add(d)
-		touched[d.Prefix] = struct{}{}
+		touched[e.tab.add(d)] = struct{}{}
 	}
+	t0 := nanos(now)
 	var errs []error
 	for _, t := range e.bes {
-		var up []decision.Entry
-		var del []netip.Prefix
-		for p := range touched {
-			want, ok := e.store.Lookup(p, now)
-			have, had := t.applied[p]
-			switch {
-			case ok && (!had || !decision.Same(want, have, Tolerance)):
-				up = append(up, want)
-			case !ok && had:
-				del = append(del, p)
+		w := e.newWriter(ctx, t)
+		for r := range touched {
+			// A row freed by a delete is not used any more, or holds
+			// another prefix the delta touched too.
+			if e.tab.rows[r].used {
+				w.diff(r, t0)
 			}
 		}
-		u, d, err := e.write(ctx, t, up, del)
+		u, d, err := w.close()
 		st.Upserts += u
 		st.Deletes += d
 		if err != nil {
@@ -257,21 +279,23 @@ func (e *Engine) Delta(ctx context.Context, added, deleted []*models.Decision) (
 	return st, errors.Join(errs...)
 }
 
-// Reconcile diffs every backend against the store again: it removes what
-// has expired and repairs a backend whose last write failed. It is cheap
-// when nothing changed.
+// Reconcile diffs every backend against the decisions again: it removes
+// what has expired and repairs a backend whose last write failed. It is
+// cheap when nothing changed.
 func (e *Engine) Reconcile(ctx context.Context) (Stats, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	now := e.now()
-	if n := e.store.Prune(now); n > 0 {
+	now := nanos(e.now())
+	if n := e.tab.prune(now); n > 0 {
 		e.log.Debug("expired decisions pruned", "count", n)
 	}
-	desired := e.store.Entries(now)
-	var st Stats
+	return e.reconcileAll(ctx, now, Stats{})
+}
+
+func (e *Engine) reconcileAll(ctx context.Context, now int64, st Stats) (Stats, error) {
 	var errs []error
 	for _, t := range e.bes {
-		u, d, err := e.reconcileCounted(ctx, t, desired)
+		u, d, err := e.reconcile(ctx, t, now)
 		st.Upserts += u
 		st.Deletes += d
 		if err != nil {
@@ -281,48 +305,117 @@ func (e *Engine) Reconcile(ctx context.Context) (Stats, error) {
 	return st, errors.Join(errs...)
 }
 
-func (e *Engine) reconcileLocked(ctx context.Context, t *tracked, desired []decision.Entry) error {
-	_, _, err := e.reconcileCounted(ctx, t, desired)
-	return err
-}
-
-func (e *Engine) reconcileCounted(ctx context.Context, t *tracked, desired []decision.Entry) (int, int, error) {
+// reconcile writes to one backend the difference between what the
+// decisions ask for and what it holds: the entries it lacks or holds with
+// another origin or expiry, and the deletes of the prefixes no running
+// decision holds. It is one pass over the rows; only a chunk of writes is
+// ever built.
+//
+// Two expiries within Tolerance of each other are equal: LAPI sends
+// relative durations and every pull recomputes the expiries from them, so
+// a resync that changes nothing writes nothing.
+func (e *Engine) reconcile(ctx context.Context, t *tracked, now int64) (int, int, error) {
 	if t.stale {
-		if err := e.readBack(ctx, t); err != nil {
+		if _, err := e.readBack(ctx, t); err != nil {
 			return 0, 0, err
 		}
 	}
-	current := make([]decision.Entry, 0, len(t.applied))
-	for _, en := range t.applied {
-		current = append(current, en)
-	}
-	up, del := decision.Diff(desired, current, Tolerance)
-	return e.write(ctx, t, up, del)
-}
-
-// write applies a difference to one backend and records it.
-func (e *Engine) write(ctx context.Context, t *tracked, up []decision.Entry, del []netip.Prefix) (int, int, error) {
-	if len(up) == 0 && len(del) == 0 {
+	if !e.synced {
+		// No complete set yet (LAPI unreachable since the start): what
+		// the backend enforces stays, expired entries included, which
+		// the kernel stops enforcing by itself.
 		return 0, 0, nil
 	}
-	err := t.be.Apply(ctx, up, del)
-	if err != nil {
+	w := e.newWriter(ctx, t)
+	for r := range e.tab.rows {
+		// A flush may free rows already passed, never one ahead.
+		if e.tab.rows[r].used {
+			w.diff(int32(r), now)
+		}
+	}
+	return w.close()
+}
+
+// writeChunk bounds one Apply call: a startup set is written in pieces,
+// so that no list of 100k entries is ever built.
+const writeChunk = 1 << 14
+
+// writer gathers the writes to one backend and applies them a chunk at a
+// time, recording what landed.
+type writer struct {
+	e       *Engine
+	t       *tracked
+	ctx     context.Context
+	up      []decision.Entry
+	upRows  []int32
+	upHeld  []held
+	del     []netip.Prefix
+	delRows []int32
+	nu, nd  int
+	errs    []error
+}
+
+func (e *Engine) newWriter(ctx context.Context, t *tracked) *writer {
+	return &writer{e: e, t: t, ctx: ctx}
+}
+
+// diff queues what row r needs in the writer's backend at now.
+func (w *writer) diff(r int32, now int64) {
+	tab := &w.e.tab
+	want, ok := tab.want(r, now)
+	have := tab.held[w.t.col][r]
+	switch {
+	case ok && !same(have, want):
+		w.up = append(w.up, tab.entry(r, want))
+		w.upRows = append(w.upRows, r)
+		w.upHeld = append(w.upHeld, want)
+	case !ok && have.has:
+		w.del = append(w.del, tab.rows[r].key().prefix())
+		w.delRows = append(w.delRows, r)
+	default:
+		return
+	}
+	if len(w.up)+len(w.del) >= writeChunk {
+		w.flush()
+	}
+}
+
+// flush applies what is pending. The backend must not keep the slices,
+// which are reused.
+func (w *writer) flush() {
+	if len(w.up) == 0 && len(w.del) == 0 {
+		return
+	}
+	w.nu += len(w.up)
+	w.nd += len(w.del)
+	if err := w.t.be.Apply(w.ctx, w.up, w.del); err != nil {
 		// Part of it may have landed: read the backend back next time.
-		t.stale = true
-		e.log.Error("backend write failed", "backend", t.be.Name(), "upserts", len(up), "deletes", len(del), "error", err)
-		return len(up), len(del), fmt.Errorf("%s: %w", t.be.Name(), err)
+		w.t.stale = true
+		w.errs = append(w.errs, err)
+	} else {
+		tab := &w.e.tab
+		for i, r := range w.upRows {
+			tab.setHeld(w.t.col, r, w.upHeld[i])
+		}
+		for _, r := range w.delRows {
+			tab.setHeld(w.t.col, r, held{})
+		}
+		w.e.obs.Applied(w.t.be.Name(), len(w.up), len(w.del))
 	}
-	if t.applied == nil {
-		t.applied = map[netip.Prefix]decision.Entry{}
+	w.up, w.upRows, w.upHeld = w.up[:0], w.upRows[:0], w.upHeld[:0]
+	w.del, w.delRows = w.del[:0], w.delRows[:0]
+}
+
+// close flushes and returns the entries written and removed, and the
+// errors of the backend, logged once.
+func (w *writer) close() (int, int, error) {
+	w.flush()
+	if len(w.errs) == 0 {
+		return w.nu, w.nd, nil
 	}
-	for _, en := range up {
-		t.applied[en.Prefix] = en
-	}
-	for _, p := range del {
-		delete(t.applied, p)
-	}
-	e.obs.Applied(t.be.Name(), len(up), len(del))
-	return len(up), len(del), nil
+	err := errors.Join(w.errs...)
+	w.e.log.Error("backend write failed", "backend", w.t.be.Name(), "upserts", w.nu, "deletes", w.nd, "error", err)
+	return w.nu, w.nd, fmt.Errorf("%s: %w", w.t.be.Name(), err)
 }
 
 func (e *Engine) skip(err error) {
@@ -352,11 +445,26 @@ func (e *Engine) countAllowlisted(p netip.Prefix) {
 	}
 }
 
-// Entries returns the effective entries the store holds now.
+// Entries returns the effective entries the decisions ask for now, in no
+// particular order.
 func (e *Engine) Entries() []decision.Entry {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.store.Entries(e.now())
+	var out []decision.Entry
+	e.eachWanted(func(en decision.Entry) { out = append(out, en) })
+	return out
+}
+
+func (e *Engine) eachWanted(fn func(decision.Entry)) {
+	now := nanos(e.now())
+	for r := range e.tab.rows {
+		if !e.tab.rows[r].used {
+			continue
+		}
+		if want, ok := e.tab.want(int32(r), now); ok {
+			fn(e.tab.entry(int32(r), want))
+		}
+	}
 }
 
 // Enforced returns, per backend name, the entries the engine knows the
@@ -366,9 +474,11 @@ func (e *Engine) Enforced() map[string][]decision.Entry {
 	defer e.mu.Unlock()
 	out := map[string][]decision.Entry{}
 	for _, t := range e.bes {
-		l := make([]decision.Entry, 0, len(t.applied))
-		for _, en := range t.applied {
-			l = append(l, en)
+		var l []decision.Entry
+		for r, h := range e.tab.held[t.col] {
+			if h.has {
+				l = append(l, e.tab.entry(int32(r), h))
+			}
 		}
 		out[t.be.Name()] = l
 	}

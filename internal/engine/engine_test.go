@@ -251,3 +251,31 @@ func TestTwoBackends(t *testing.T) {
 		t.Errorf("backends differ: %v vs %v", a.prefixes(), b.prefixes())
 	}
 }
+
+// TestNothingRemovedBeforeFirstSet restarts over a backend that enforces
+// bans while LAPI has not answered yet: reconciles and a backend added
+// meanwhile must not remove anything until a complete set arrives.
+func TestNothingRemovedBeforeFirstSet(t *testing.T) {
+	ctx := context.Background()
+	xdp, nft := newMem("xdp"), newMem("nftables")
+	p := netip.MustParsePrefix("192.0.2.1/32")
+	xdp.entries[p] = decision.Entry{Prefix: p, Origin: "crowdsec", Expiry: time.Now().Add(time.Hour)}
+	e, _ := newEngine(t, xdp)
+	if e.Synced() {
+		t.Fatal("synced before any set")
+	}
+	if st, err := e.Reconcile(ctx); err != nil || st.Deletes != 0 {
+		t.Fatalf("reconcile before the first set: %+v, %v", st, err)
+	}
+	if err := e.AddBackend(ctx, nft); err != nil {
+		t.Fatal(err)
+	}
+	if len(xdp.entries) != 1 || xdp.deletes != 0 {
+		t.Fatalf("entries removed before the first set: %v", xdp.prefixes())
+	}
+	// The first set says the ban is gone: now it goes.
+	st, err := e.Startup(ctx, nil)
+	if err != nil || st.Deletes != 1 || len(xdp.entries) != 0 || !e.Synced() {
+		t.Fatalf("first set: %+v, %v, left %v", st, err, xdp.prefixes())
+	}
+}

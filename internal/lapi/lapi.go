@@ -33,6 +33,7 @@ import (
 	"github.com/crowdsecurity/crowdsec/pkg/models"
 
 	"github.com/xdpgate/xdpgate/internal/configfile"
+	"github.com/xdpgate/xdpgate/internal/decision"
 )
 
 // Config says which LAPI to follow and which decisions to ask for.
@@ -73,6 +74,9 @@ type Batch struct {
 	// New and Deleted are the decisions as LAPI sent them. Durations are
 	// relative to Received.
 	New, Deleted []*models.Decision
+	// Set holds the decisions of a startup batch instead of New when the
+	// client was made WithDecisionSets; New is nil then.
+	Set *decision.Set
 	// Received is when the answer arrived.
 	Received time.Time
 }
@@ -115,8 +119,10 @@ type Client struct {
 	cfg     Config
 	baseURL string // for logs and errors; holds no secret
 	api     *apiclient.ApiClient
+	hc      *http.Client
 	filters apiclient.DecisionsStreamOpts
 	log     *slog.Logger
+	sets    bool // startup pulls are delivered as decision sets
 
 	backoffMin, backoffMax time.Duration
 	timeout                time.Duration
@@ -161,6 +167,13 @@ func WithRequestTimeout(d time.Duration) Option { return func(c *Client) { c.tim
 // block.
 func WithPullObserver(fn func(PullEvent)) Option { return func(c *Client) { c.observe = fn } }
 
+// WithDecisionSets makes Run deliver the decisions of a startup pull in
+// Batch.Set, packed as the answer is decoded, rather than in Batch.New.
+// The startup set of a large LAPI (100k decisions, 15 MB of JSON) then
+// costs a few MB rather than tens of MB of *models.Decision values. The
+// consumer must read Batch.Set (engine.StartupSet does).
+func WithDecisionSets() Option { return func(c *Client) { c.sets = true } }
+
 // New checks cfg and makes a client. It does not contact LAPI.
 func New(cfg Config, opts ...Option) (*Client, error) {
 	if cfg.UpdateFrequency == 0 {
@@ -200,6 +213,7 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		cfg:     cfg,
 		baseURL: u.String(),
 		api:     api,
+		hc:      hc,
 		filters: apiclient.DecisionsStreamOpts{
 			Scopes:                 strings.Join(cfg.Scopes, ","),
 			Origins:                strings.Join(cfg.Origins, ","),
@@ -256,7 +270,7 @@ func (c *Client) Run(ctx context.Context, out chan<- Batch) error {
 			startup, moves = true, m
 		}
 
-		resp, received, err := c.pull(ctx, startup)
+		res, err := c.pull(ctx, startup, c.sets)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -279,9 +293,9 @@ func (c *Client) Run(ctx context.Context, out chan<- Batch) error {
 			c.log.Info("LAPI answers again", "failed_pulls", failures)
 			failures = 0
 		}
-		c.log.Debug("decisions pulled", "startup", startup, "new", len(resp.New), "deleted", len(resp.Deleted))
-		if startup || len(resp.New) > 0 || len(resp.Deleted) > 0 {
-			b := Batch{Startup: startup, New: resp.New, Deleted: resp.Deleted, Received: received}
+		c.log.Debug("decisions pulled", "startup", startup, "new", res.count(), "deleted", len(res.deleted))
+		if startup || res.count() > 0 || len(res.deleted) > 0 {
+			b := Batch{Startup: startup, New: res.new, Deleted: res.deleted, Set: res.set, Received: res.received}
 			select {
 			case out <- b:
 			case <-ctx.Done():
@@ -313,40 +327,73 @@ func (c *Client) Resync() {
 // result with one pull less.
 func (c *Client) FullPull(ctx context.Context) ([]*models.Decision, error) {
 	c.cursorMoves.Add(1)
-	resp, _, err := c.pull(ctx, true)
+	res, err := c.pull(ctx, true, false)
 	if err != nil {
 		return nil, err
 	}
-	return resp.New, nil
+	return res.new, nil
 }
 
-// pull makes one stream request and records its outcome.
-func (c *Client) pull(ctx context.Context, startup bool) (*models.DecisionsStreamResponse, time.Time, error) {
+// FullPullSet is FullPull with the decisions packed into a set as they are
+// decoded (see WithDecisionSets): the way to resynchronise a large
+// decision set without holding it as *models.Decision values.
+func (c *Client) FullPullSet(ctx context.Context) (*decision.Set, error) {
+	c.cursorMoves.Add(1)
+	res, err := c.pull(ctx, true, true)
+	if err != nil {
+		return nil, err
+	}
+	return res.set, nil
+}
+
+// pulled is what one successful pull brought.
+type pulled struct {
+	new, deleted []*models.Decision
+	set          *decision.Set // startup pulls as sets
+	received     time.Time
+}
+
+func (p *pulled) count() int {
+	if p.set != nil {
+		return p.set.Len()
+	}
+	return len(p.new)
+}
+
+// pull makes one stream request and records its outcome. A startup pull
+// is decoded one decision at a time (pullStartup); a delta, small, goes
+// through CrowdSec's client.
+func (c *Client) pull(ctx context.Context, startup, asSet bool) (pulled, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	opts := c.filters
-	opts.Startup = startup
 	begin := time.Now()
-	data, resp, err := c.api.Decisions.GetStream(ctx, opts)
-	received := time.Now()
-	if err == nil && data == nil {
-		data = &models.DecisionsStreamResponse{}
+	var res pulled
+	var err error
+	if startup {
+		res, err = c.pullStartup(ctx, asSet)
+	} else {
+		var data *models.DecisionsStreamResponse
+		var resp *apiclient.Response
+		data, resp, err = c.api.Decisions.GetStream(ctx, c.filters)
+		if err != nil {
+			status := 0
+			if resp != nil && resp.Response != nil {
+				status = resp.Response.StatusCode
+			}
+			err = c.pullError(status, err)
+		} else if data != nil {
+			res.new, res.deleted = data.New, data.Deleted
+		}
 	}
+	res.received = time.Now()
+	c.record(PullEvent{Startup: startup, Duration: res.received.Sub(begin), Err: err}, &res)
 	if err != nil {
-		err = c.pullError(resp, err)
+		return pulled{}, err
 	}
-	c.record(PullEvent{Startup: startup, Duration: received.Sub(begin), Err: err}, data)
-	if err != nil {
-		return nil, time.Time{}, err
-	}
-	return data, received, nil
+	return res, nil
 }
 
-func (c *Client) pullError(resp *apiclient.Response, err error) error {
-	status := 0
-	if resp != nil && resp.Response != nil {
-		status = resp.Response.StatusCode
-	}
+func (c *Client) pullError(status int, err error) error {
 	switch status {
 	case 0:
 		return fmt.Errorf("pull decisions from %s: %w", c.baseURL, err)
@@ -358,13 +405,13 @@ func (c *Client) pullError(resp *apiclient.Response, err error) error {
 	}
 }
 
-func (c *Client) record(ev PullEvent, data *models.DecisionsStreamResponse) {
+func (c *Client) record(ev PullEvent, res *pulled) {
 	if ev.Err != nil {
 		ev.Result = ResultError
 		c.errPulls.Add(1)
 	} else {
 		ev.Result = ResultOK
-		ev.New, ev.Deleted = len(data.New), len(data.Deleted)
+		ev.New, ev.Deleted = res.count(), len(res.deleted)
 		c.okPulls.Add(1)
 	}
 	c.mu.Lock()

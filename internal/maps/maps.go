@@ -245,7 +245,6 @@ func lpmV6(p netip.Prefix) bpf.XdpgateLpmV6Key {
 
 func v4Addr(a netip.Addr) bpf.XdpgateV4Addr { return bpf.XdpgateV4Addr{Addr: a.As4()} }
 
-
 // ---- Writes.
 
 // Apply implements decision.Backend: it inserts or updates upserts and

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/bits"
 	"net/netip"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
@@ -79,10 +80,16 @@ func (s *summary) set(bit uint32) {
 	}
 }
 
-// setMany sets many bits at once. A large batch reads the whole bitmap,
-// sets the bits in a copy and writes it back in one copy: much faster than
-// a read and a write per bit, and safe even though the copy is not atomic
-// per word, because every byte written holds all the bits it held before.
+// setManyWindow is the span of the bitmap setMany changes at a time.
+const setManyWindow = 64 << 10
+
+// setMany sets many bits at once. A large batch is grouped by window of
+// the bitmap (a counting sort, one pass), and each window that holds some
+// of its bits is read once, changed in a copy and written back in one
+// copy: much faster than a read and a write per bit, with buffers that
+// grow with the batch, not with the bitmap (a 1M-entry map has an 8 MiB
+// bitmap). It is safe even though a copy is not atomic per word, because
+// every byte written holds all the bits it held before.
 func (s *summary) setMany(bitsToSet []uint32) {
 	if len(bitsToSet) < int(s.words/64) {
 		for _, b := range bitsToSet {
@@ -90,14 +97,39 @@ func (s *summary) setMany(bitsToSet []uint32) {
 		}
 		return
 	}
-	buf := make([]byte, int(s.words)*8)
-	_, _ = s.mem.ReadAt(buf, 0)
 	mask := s.words*64 - 1
+	size := min(s.words*8, setManyWindow) // bytes, a power of two
+	shift := uint(bits.TrailingZeros32(size * 8))
+	windows := s.words * 8 / size
+	start := make([]int, windows+1)
+	for _, b := range bitsToSet {
+		start[(b&mask)>>shift+1]++
+	}
+	for w := range windows {
+		start[w+1] += start[w]
+	}
+	grouped := make([]uint32, len(bitsToSet))
+	next := slices.Clone(start[:windows])
 	for _, b := range bitsToSet {
 		b &= mask
-		buf[b>>3] |= 1 << (b & 7) // little-endian words: bit i is in byte i/8
+		w := b >> shift
+		grouped[next[w]] = b
+		next[w]++
 	}
-	_, _ = s.mem.WriteAt(buf, 0)
+	buf := make([]byte, size)
+	for w := range windows {
+		in := grouped[start[w]:start[w+1]]
+		if len(in) == 0 {
+			continue
+		}
+		base := w << shift
+		_, _ = s.mem.ReadAt(buf, int64(base/8))
+		for _, b := range in {
+			b -= base
+			buf[b>>3] |= 1 << (b & 7) // little-endian words: bit i is in byte i/8
+		}
+		_, _ = s.mem.WriteAt(buf, int64(base/8))
+	}
 }
 
 // setRange sets bits [first, first+n).
