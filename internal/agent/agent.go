@@ -26,6 +26,7 @@ import (
 	"github.com/xdpgate/xdpgate/internal/config"
 	"github.com/xdpgate/xdpgate/internal/decision"
 	"github.com/xdpgate/xdpgate/internal/engine"
+	"github.com/xdpgate/xdpgate/internal/fleet"
 	"github.com/xdpgate/xdpgate/internal/lapi"
 	"github.com/xdpgate/xdpgate/internal/loader"
 	"github.com/xdpgate/xdpgate/internal/maps"
@@ -261,6 +262,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	reconcile := time.NewTicker(time.Minute)
 	defer reconcile.Stop()
 	var resync <-chan time.Time // nil: resync disabled
+	var guard fleet.ShrinkGuard
 	if a.cfg.ResyncInterval > 0 {
 		resync = time.After(jitter(a.cfg.ResyncInterval))
 	}
@@ -282,8 +284,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.log.Info("reconciled", "upserts", st.Upserts, "deletes", st.Deletes)
 			}
 		case <-resync:
-			a.resync(ctx)
-			resync = time.After(jitter(a.cfg.ResyncInterval))
+			resync = time.After(a.resync(ctx, batches, &guard))
 		}
 	}
 }
@@ -297,9 +298,12 @@ func (a *Agent) apply(ctx context.Context, b lapi.Batch) {
 	start := time.Now()
 	var st engine.Stats
 	var err error
-	if b.Startup {
+	switch {
+	case b.Startup && b.Set != nil:
+		st, err = a.engine.StartupSet(ctx, b.Set)
+	case b.Startup:
 		st, err = a.engine.Startup(ctx, b.New)
-	} else {
+	default:
 		st, err = a.engine.Delta(ctx, b.New, b.Deleted)
 	}
 	if b.Startup && err == nil {
@@ -322,34 +326,107 @@ func (a *Agent) apply(ctx context.Context, b lapi.Batch) {
 
 // resync pulls the complete decision set and reconciles by difference: it
 // repairs whatever deltas were lost (LAPI tracks the stream position per
-// key, so agents sharing a key can steal each other's deltas).
-func (a *Agent) resync(ctx context.Context) {
-	ds, err := a.src.FullPull(ctx)
-	if err != nil {
+// key, so agents sharing a key steal each other's deltas, and LAPI 1.4.6
+// can hide a decision from a pull that runs while it is inserted). It
+// returns when the next resync is due.
+//
+// The set comes from the stream itself (Resync): a FullPull beside it would
+// move LAPI's cursor under the stream, which must then pull the startup set
+// a second time to miss nothing. Deltas that arrive first are applied as
+// usual. Nothing is removed before the set arrives, and a set that would
+// remove a large share of what is enforced (a LAPI replica with an older
+// view) is held, applied only when the next one says the same
+// (fleet.ShrinkGuard).
+func (a *Agent) resync(ctx context.Context, batches <-chan lapi.Batch, guard *fleet.ShrinkGuard) time.Duration {
+	next := jitter(a.cfg.ResyncInterval)
+	fail := func(msg string, err error) time.Duration {
 		a.m.resyncs.WithLabelValues("error").Inc()
-		a.log.Warn("full resync failed; keeping what is enforced", "error", err)
-		return
+		a.log.Warn(msg+"; keeping what is enforced", "error", err)
+		return next
 	}
-	st, err := a.engine.Startup(ctx, ds)
+	a.log.Debug("full resync: asking LAPI for the complete decision set")
+	// The set, as decisions or packed (lapi.WithDecisionSets).
+	var ds []*models.Decision
+	var set *decision.Set
+	if s, ok := a.src.(interface{ Resync() }); ok {
+		// The wait is bounded by the LAPI client's request timeout (2
+		// min) and a retry. When it runs out (LAPI is down), the stream
+		// still delivers the set later, as a startup batch.
+		const resyncWait = 2*time.Minute + 10*time.Second
+		s.Resync()
+		timeout := time.NewTimer(resyncWait)
+		defer timeout.Stop()
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				return next
+			case <-timeout.C:
+				return fail("full resync: no complete decision set from LAPI", fmt.Errorf("none within %v", resyncWait))
+			case b := <-batches:
+				if !b.Startup {
+					a.apply(ctx, b)
+					continue
+				}
+				ds, set = b.New, b.Set
+				break wait
+			}
+		}
+	} else {
+		var err error
+		if ds, err = a.src.FullPull(ctx); err != nil {
+			return fail("full resync failed", err)
+		}
+	}
+	// A packed set is counted whole, types unsupported included: a
+	// looser bound, still never above the truth.
+	n, incoming := len(ds), fleet.Candidates(ds, a.cfg.SupportedDecisionsTypes)
+	if set != nil {
+		n, incoming = set.Len(), set.Len()
+	}
+
+	start := time.Now()
+	enforced := len(a.engine.Entries())
+	check := guard.Check(enforced, incoming)
+	if check.Hold {
+		// Nothing is applied: what it adds is most likely known
+		// already, and the next set, soon, decides.
+		a.m.resyncs.WithLabelValues("held").Inc()
+		next = min(next, max(30*time.Second, 3*a.cfg.UpdateFrequency))
+		a.log.Warn("full resync would remove a large share of the enforced entries: held until the next complete set confirms it (a LAPI replica with an older view?)",
+			"would_remove_at_least", check.Shrink, "enforced", enforced, "decisions", n, "confirm_in", next.Round(time.Second))
+		return next
+	}
+	var st engine.Stats
+	var err error
+	if set != nil {
+		st, err = a.engine.StartupSet(ctx, set)
+	} else {
+		st, err = a.engine.Startup(ctx, ds)
+	}
 	if err != nil {
 		a.m.resyncs.WithLabelValues("error").Inc()
 		a.log.Error("full resync", "error", err)
-		return
+		return next
 	}
 	a.m.resyncs.WithLabelValues("ok").Inc()
 	a.m.lastResync.SetToCurrentTime()
-	n := st.Upserts + st.Deletes
-	a.m.corrected.Add(float64(n))
+	corrected := st.Upserts + st.Deletes
+	a.m.corrected.Add(float64(corrected))
 	a.mu.Lock()
+	a.health.synced = true
 	a.health.lastResync = time.Now()
-	a.health.corrected = n
+	a.health.corrected = corrected
 	a.mu.Unlock()
-	if n > 0 {
-		a.log.Warn("full resync corrected entries: deltas were lost (several agents sharing one LAPI key?)", "upserts", st.Upserts, "deletes", st.Deletes)
+	took := time.Since(start).Round(time.Microsecond)
+	if corrected > 0 {
+		a.log.Warn("full resync corrected entries: deltas were lost (several agents sharing one LAPI key?)",
+			"upserts", st.Upserts, "deletes", st.Deletes, "confirmed_removal", check.Confirmed, "decisions", n, "took", took)
 	} else {
-		a.log.Info("full resync: nothing to correct", "decisions", len(ds))
+		a.log.Info("full resync: nothing to correct", "decisions", n, "took", took)
 	}
 	a.writeState()
+	return next
 }
 
 // ObservePull records the outcome of one LAPI pull, successful or not,
