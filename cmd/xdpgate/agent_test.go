@@ -48,7 +48,7 @@ type harness struct {
 
 	mu    sync.Mutex
 	agent *exec.Cmd
-	log   *bytes.Buffer
+	log   *testutil.Log
 	done  chan struct{}
 }
 
@@ -118,16 +118,18 @@ func (h *harness) start() {
 	}
 	cmd := h.tp.Host.Enter(self, "run", "-c", h.config)
 	cmd.Env = append(os.Environ(), "XDPGATE_AS_MAIN=1")
-	var log bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &log, &log
+	log := &testutil.Log{}
+	cmd.Stdout, cmd.Stderr = log, log
+	// The agent dies with the test process (testutil.Start keeps the
+	// forking thread alive for that).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := testutil.Start(cmd); err != nil {
 		h.t.Fatal(err)
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
 	h.mu.Lock()
-	h.agent, h.log, h.done = cmd, &log, done
+	h.agent, h.log, h.done = cmd, log, done
 	h.mu.Unlock()
 	testutil.WaitFor(h.t, 20*time.Second, "the agent to apply its first decision set", func() bool {
 		select {

@@ -97,13 +97,17 @@ func (a *Agent) syncInterfaces(ctx context.Context) error {
 		att, err := a.dp.Attach(name, loader.Mode(a.cfg.XDPMode), a.cfg.Takeover)
 		st := InterfaceState{Interface: name, Mode: att.Mode}
 		if err != nil {
-			if errors.Is(err, loader.ErrForeignProgram) {
-				a.log.Error("interface runs another XDP program; set takeover: true to replace it. nftables enforces there meanwhile", "interface", name, "error", err)
-			} else {
-				a.log.Error("XDP attach failed; nftables enforces there", "interface", name, "error", err)
-			}
 			st = InterfaceState{Interface: name, Mode: "nftables", Error: err.Error()}
 			fallback = true
+			switch {
+			case held && cur == st:
+				// Tried again at every pass; said once.
+				a.log.Debug("XDP still cannot attach; nftables enforces there", "interface", name, "error", err)
+			case errors.Is(err, loader.ErrForeignProgram):
+				a.log.Error("interface runs another XDP program; set takeover: true to replace it. nftables enforces there meanwhile", "interface", name, "error", err)
+			default:
+				a.log.Error("XDP attach failed; nftables enforces there", "interface", name, "error", err)
+			}
 		} else {
 			a.log.Info("XDP attached", "interface", name, "mode", att.Mode, "program_id", att.ProgramID)
 		}

@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -329,7 +328,7 @@ func (l *LAPI) start() error {
 		Setpgid:   true,
 	}
 	begin := time.Now()
-	if err := startOnStableThread(cmd); err != nil {
+	if err := testutil.Start(cmd); err != nil {
 		return fmt.Errorf("start crowdsec: %w", err)
 	}
 	done := make(chan struct{})
@@ -468,30 +467,6 @@ func freePort() (int, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-// Pdeathsig fires when the thread that started the child exits, not the
-// process. Go threads can exit (a goroutine that ends locked to its
-// thread takes the thread with it), so children are started from one
-// goroutine locked to a thread that never exits.
-var (
-	starterOnce sync.Once
-	starter     chan func()
-)
-
-func startOnStableThread(cmd *exec.Cmd) error {
-	starterOnce.Do(func() {
-		starter = make(chan func())
-		go func() {
-			runtime.LockOSThread()
-			for f := range starter {
-				f()
-			}
-		}()
-	})
-	errc := make(chan error, 1)
-	starter <- func() { errc <- cmd.Start() }
-	return <-errc
 }
 
 func (l *LAPI) config() string {
