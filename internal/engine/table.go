@@ -81,6 +81,14 @@ func (t *table) reset(n int) {
 		}
 	}
 	t.byKey.reserve(n)
+	// The rows too, and each backend's column beside them: grown by
+	// append from empty, 100k rows would leave as much garbage again.
+	if want := n + n/16; cap(t.rows) < want {
+		t.rows = append(make([]row, 0, want), t.rows...)
+		for b := range t.held {
+			t.held[b] = append(make([]held, 0, want), t.held[b]...)
+		}
+	}
 }
 
 // add adds a decision, replacing the one with the same ID, and returns

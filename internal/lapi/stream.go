@@ -51,7 +51,7 @@ func (c *Client) pullStartup(ctx context.Context, asSet bool) (pulled, error) {
 		res.set = new(decision.Set)
 		add = res.set.Add
 	}
-	if err := decodeStream(resp.Body, add); err != nil {
+	if err := decodeStream(resp.Body, add, asSet); err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w: %w", ctx.Err(), err)
 		}
@@ -91,7 +91,12 @@ func streamQuery(o apiclient.DecisionsStreamOpts, startup bool) url.Values {
 // and passes every decision of "new" to add as soon as it is decoded; a
 // null element is passed as nil, as CrowdSec's client would have it in
 // its list. An empty body or a null answer is an empty set.
-func decodeStream(r io.Reader, add func(*models.Decision)) error {
+//
+// With reuse, add does not retain the decision it is given: every element
+// is decoded into the same memory, and only the fields a decision.Set
+// keeps are read, so a startup set of 100k decisions allocates little
+// more than the bytes of its strings.
+func decodeStream(r io.Reader, add func(*models.Decision), reuse bool) error {
 	dec := json.NewDecoder(r)
 	tok, err := dec.Token()
 	switch {
@@ -111,9 +116,9 @@ func decodeStream(r io.Reader, add func(*models.Decision)) error {
 		}
 		switch tok {
 		case "new":
-			err = decodeList(dec, add)
+			err = decodeList(dec, add, reuse)
 		case "deleted":
-			err = decodeList(dec, nil)
+			err = decodeList(dec, nil, false)
 		default:
 			var skip json.RawMessage
 			err = dec.Decode(&skip)
@@ -126,9 +131,34 @@ func decodeStream(r io.Reader, add func(*models.Decision)) error {
 	return err
 }
 
+// wireDecision is a decision as a Set keeps it, decoded without a pointer
+// to allocate: an empty string stands for a field LAPI left out (for
+// Parse, a missing and an empty value are equally unusable).
+type wireDecision struct {
+	ID       int64  `json:"id"`
+	Value    string `json:"value"`
+	Scope    string `json:"scope"`
+	Type     string `json:"type"`
+	Origin   string `json:"origin"`
+	Duration string `json:"duration"`
+}
+
+// decision points m's fields at w's; m is valid until w changes.
+func (w *wireDecision) decision(m *models.Decision) {
+	*m = models.Decision{ID: w.ID}
+	for _, f := range [...]struct {
+		dst **string
+		v   *string
+	}{{&m.Value, &w.Value}, {&m.Scope, &w.Scope}, {&m.Type, &w.Type}, {&m.Origin, &w.Origin}, {&m.Duration, &w.Duration}} {
+		if *f.v != "" {
+			*f.dst = f.v
+		}
+	}
+}
+
 // decodeList reads a list of decisions, or null, passing each to add; with
-// a nil add it only reads past them.
-func decodeList(dec *json.Decoder, add func(*models.Decision)) error {
+// a nil add it only reads past them. With reuse, see decodeStream.
+func decodeList(dec *json.Decoder, add func(*models.Decision), reuse bool) error {
 	tok, err := dec.Token()
 	switch {
 	case err != nil:
@@ -138,12 +168,31 @@ func decodeList(dec *json.Decoder, add func(*models.Decision)) error {
 	case tok != json.Delim('['):
 		return fmt.Errorf("not a list: %v", tok)
 	}
+	var w *wireDecision
+	var m models.Decision
 	for dec.More() {
 		if add == nil {
 			var skip struct{}
 			if err := dec.Decode(&skip); err != nil {
 				return err
 			}
+			continue
+		}
+		if reuse {
+			// A null element sets w to nil, and is passed on as nil.
+			if w == nil {
+				w = new(wireDecision)
+			}
+			*w = wireDecision{}
+			if err := dec.Decode(&w); err != nil {
+				return err
+			}
+			if w == nil {
+				add(nil)
+				continue
+			}
+			w.decision(&m)
+			add(&m)
 			continue
 		}
 		var d *models.Decision
