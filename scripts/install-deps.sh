@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Installs what building and testing xdpgate needs on Debian 12, as root.
+# Installs what building and testing xdpgate needs on Debian 12 (and, for
+# the Vagrant boxes, Ubuntu 22.04 and 24.04), as root.
 # Idempotent: it installs only what is missing, and runs apt-get update only
 # when a package cannot be found.
 set -euo pipefail
 
 GO_VERSION=1.26.8
-PKGS=(make gcc git clang llvm libbpf-dev bpftool nftables iproute2 iputils-ping procps ca-certificates unzip)
+PKGS=(make gcc git clang llvm libbpf-dev nftables iproute2 iputils-ping procps ca-certificates unzip)
+# bpftool is its own package on Debian; Ubuntu ships it with the kernel's
+# tools, per kernel version.
+distro=$(. /etc/os-release 2>/dev/null && echo "${ID:-debian}")
+case $distro in
+ubuntu) PKGS+=(linux-tools-common "linux-tools-$(uname -r)") ;;
+*) PKGS+=(bpftool) ;;
+esac
 
 log() { printf 'install-deps: %s\n' "$*"; }
 

@@ -56,6 +56,11 @@ type Agent struct {
 	src    Source
 	engine *engine.Engine
 	m      *metrics
+	// guard holds a complete set that would remove much of what is
+	// enforced, whether it comes from a resync or from the stream's own
+	// startup pull after a reconnect (fleet.ShrinkGuard). Used by the Run
+	// goroutine only.
+	guard fleet.ShrinkGuard
 
 	dp  *loader.Dataplane
 	xdp *maps.Maps
@@ -262,7 +267,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	reconcile := time.NewTicker(time.Minute)
 	defer reconcile.Stop()
 	var resync <-chan time.Time // nil: resync disabled
-	var guard fleet.ShrinkGuard
 	if a.cfg.ResyncInterval > 0 {
 		resync = time.After(jitter(a.cfg.ResyncInterval))
 	}
@@ -284,7 +288,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.log.Info("reconciled", "upserts", st.Upserts, "deletes", st.Deletes)
 			}
 		case <-resync:
-			resync = time.After(a.resync(ctx, batches, &guard))
+			resync = time.After(a.resync(ctx, batches))
 		}
 	}
 }
@@ -296,6 +300,21 @@ func jitter(d time.Duration) time.Duration {
 
 func (a *Agent) apply(ctx context.Context, b lapi.Batch) {
 	start := time.Now()
+	if b.Startup && a.engine.Synced() {
+		// The stream pulled a complete set again (after LAPI came back,
+		// maybe through another replica): the same guard as a resync.
+		incoming := fleet.Candidates(b.New, a.cfg.SupportedDecisionsTypes)
+		if b.Set != nil {
+			incoming = b.Set.Len()
+		}
+		enforced := a.engine.Len()
+		if check := a.guard.Check(enforced, incoming); check.Hold {
+			a.m.resyncs.WithLabelValues("held").Inc()
+			a.log.Warn("complete decision set from the stream would remove a large share of the enforced entries: held until the next full resync confirms it (a LAPI replica with an older view?)",
+				"would_remove_at_least", check.Shrink, "enforced", enforced, "decisions", incoming)
+			return
+		}
+	}
 	var st engine.Stats
 	var err error
 	switch {
@@ -337,7 +356,7 @@ func (a *Agent) apply(ctx context.Context, b lapi.Batch) {
 // remove a large share of what is enforced (a LAPI replica with an older
 // view) is held, applied only when the next one says the same
 // (fleet.ShrinkGuard).
-func (a *Agent) resync(ctx context.Context, batches <-chan lapi.Batch, guard *fleet.ShrinkGuard) time.Duration {
+func (a *Agent) resync(ctx context.Context, batches <-chan lapi.Batch) time.Duration {
 	next := jitter(a.cfg.ResyncInterval)
 	fail := func(msg string, err error) time.Duration {
 		a.m.resyncs.WithLabelValues("error").Inc()
@@ -386,8 +405,8 @@ func (a *Agent) resync(ctx context.Context, batches <-chan lapi.Batch, guard *fl
 	}
 
 	start := time.Now()
-	enforced := len(a.engine.Entries())
-	check := guard.Check(enforced, incoming)
+	enforced := a.engine.Len()
+	check := a.guard.Check(enforced, incoming)
 	if check.Hold {
 		// Nothing is applied: what it adds is most likely known
 		// already, and the next set, soon, decides.

@@ -86,6 +86,9 @@ func newMetrics(a *Agent) *metrics {
 	}
 	m.pulls.WithLabelValues("ok")
 	m.pulls.WithLabelValues("error")
+	for _, r := range []string{"ok", "error", "held"} {
+		m.resyncs.WithLabelValues(r)
+	}
 	m.reg.MustRegister(m.skipped, m.allowlisted, m.pulls, m.lastPull, m.writes, m.resyncs, m.corrected, m.lastResync,
 		&kernelCollector{a: a, log: a.log})
 	return m
@@ -167,14 +170,14 @@ func (c *kernelCollector) Collect(ch chan<- prometheus.Metric) {
 	type key struct{ origin, family string }
 	active := map[key]int{}
 	perMap := map[string]int{"bans_v4": 0, "ranges_v4": 0, "bans_v6": 0, "ranges_v6": 0}
-	for _, en := range a.engine.Entries() {
+	a.engine.Each(func(en decision.Entry) {
 		fam := "ipv4"
 		if en.Prefix.Addr().Is6() {
 			fam = "ipv6"
 		}
 		active[key{en.Origin, fam}]++
 		perMap[mapOf(en.Prefix)]++
-	}
+	})
 	for k, n := range active {
 		ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(n), k.origin, k.family)
 	}

@@ -114,11 +114,14 @@ func (s *Set) intern(v string) uint64 {
 // rejects.
 func (s *Set) Decisions(now time.Time, opt ParseOptions) iter.Seq2[Decision, error] {
 	return func(yield func(Decision, error) bool) {
+		// One decision and its two strings are reused for every element:
+		// Parse keeps neither the decision nor its pointers.
+		var d models.Decision
+		var value, duration string
 		for _, c := range s.chunks {
 			for len(c) > 0 {
-				var d models.Decision
 				var isNil bool
-				isNil, c = s.unpack(c, &d)
+				isNil, c = s.unpack(c, &d, &value, &duration)
 				var p Decision
 				var err error
 				if isNil {
@@ -134,10 +137,11 @@ func (s *Set) Decisions(now time.Time, opt ParseOptions) iter.Seq2[Decision, err
 	}
 }
 
-// unpack reads the decision at the start of b into d, reports whether it
-// was null, and returns the rest of b. b was written by Add, so it is well
-// formed.
-func (s *Set) unpack(b []byte, d *models.Decision) (isNil bool, rest []byte) {
+// unpack reads the decision at the start of b into d, its value and
+// duration into the strings given, reports whether it was null, and
+// returns the rest of b. b was written by Add, so it is well formed.
+func (s *Set) unpack(b []byte, d *models.Decision, value, duration *string) (isNil bool, rest []byte) {
+	*d = models.Decision{}
 	flags := b[0]
 	b = b[1:]
 	if flags&setNil != 0 {
@@ -151,11 +155,11 @@ func (s *Set) unpack(b []byte, d *models.Decision) (isNil bool, rest []byte) {
 		b = b[n:]
 		return &s.strs[i]
 	}
-	str := func() *string {
+	str := func(v *string) *string {
 		l, n := binary.Uvarint(b)
-		v := string(b[n : n+int(l)])
+		*v = string(b[n : n+int(l)])
 		b = b[n+int(l):]
-		return &v
+		return v
 	}
 	if flags&setScope != 0 {
 		d.Scope = interned()
@@ -167,10 +171,10 @@ func (s *Set) unpack(b []byte, d *models.Decision) (isNil bool, rest []byte) {
 		d.Origin = interned()
 	}
 	if flags&setValue != 0 {
-		d.Value = str()
+		d.Value = str(value)
 	}
 	if flags&setDuration != 0 {
-		d.Duration = str()
+		d.Duration = str(duration)
 	}
 	return false, b
 }

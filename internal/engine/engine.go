@@ -455,6 +455,30 @@ func (e *Engine) Entries() []decision.Entry {
 	return out
 }
 
+// Each calls fn with every effective entry the decisions ask for now, in
+// no particular order, without building a list: for metrics scraped
+// every few seconds over 100k entries. fn must not call the engine.
+func (e *Engine) Each(fn func(decision.Entry)) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.eachWanted(fn)
+}
+
+// Len returns the number of effective entries the decisions ask for now.
+func (e *Engine) Len() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now, n := nanos(e.now()), 0
+	for r := range e.tab.rows {
+		if e.tab.rows[r].used {
+			if _, ok := e.tab.want(int32(r), now); ok {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 func (e *Engine) eachWanted(fn func(decision.Entry)) {
 	now := nanos(e.now())
 	for r := range e.tab.rows {

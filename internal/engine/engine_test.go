@@ -279,3 +279,31 @@ func TestNothingRemovedBeforeFirstSet(t *testing.T) {
 		t.Fatalf("first set: %+v, %v, left %v", st, err, xdp.prefixes())
 	}
 }
+
+// TestLenAndEach counts the effective entries without building a list: a
+// value held by two decisions is one entry, an expired one none.
+func TestLenAndEach(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	mem := newMem("mem")
+	e := New(Options{Parse: opts, Now: func() time.Time { return now }}, mem)
+	if err := e.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Startup(ctx, []*models.Decision{
+		dec(1, "Ip", "192.0.2.1", "1h", "crowdsec", "ban"),
+		dec(2, "Ip", "192.0.2.1", "4h", "cscli", "ban"),
+		dec(3, "Range", "2001:db8::/48", "1m", "crowdsec", "ban"),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.Len(); n != 2 {
+		t.Fatalf("Len %d, want 2", n)
+	}
+	now = now.Add(2 * time.Minute)
+	var got []string
+	e.Each(func(en decision.Entry) { got = append(got, en.Prefix.String()+" "+en.Origin) })
+	if fmt.Sprint(got) != "[192.0.2.1/32 cscli]" || e.Len() != 1 {
+		t.Fatalf("after the range expired: Each %v, Len %d", got, e.Len())
+	}
+}

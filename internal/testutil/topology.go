@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Topology is a "host" namespace whose veth0 is where xdpgate attaches, and
@@ -71,6 +73,14 @@ func (tp *Topology) Listen(t testing.TB) *Receiver {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { conn.Close() })
+		// A burst of sends must not overflow the default receive buffer
+		// (small on older kernels): a datagram lost there would look
+		// like a drop. SO_RCVBUFFORCE as root ignores rmem_max.
+		if rc, err := conn.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20)
+			})
+		}
 		go func() {
 			buf := make([]byte, 2048)
 			for {
