@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -53,6 +54,10 @@ const (
 	legitPort = 9000
 	slotCount = 1 << 17
 )
+
+// v4Exact overrides the capacity of the exact IPv4 ban map (maps.ipv4_exact),
+// to see what the size of its bucket array costs a drop.
+var v4Exact = flag.Uint("live.v4-exact", 0, "capacity of the exact IPv4 ban map (default: the agent's default, 1M)")
 
 // countTable counts, after xdpgate's chains (priority -10), the frames
 // that got through to the node's input or to the forward path, by port:
@@ -236,7 +241,11 @@ func newBench(tb testing.TB, cfg benchConfig) *bench {
 	nftTook := time.Since(start)
 
 	start = time.Now()
-	b.dp, err = loader.Load(loader.Options{Logger: quiet})
+	sizes := loader.DefaultSizes()
+	if *v4Exact != 0 {
+		sizes.V4Exact = uint32(*v4Exact)
+	}
+	b.dp, err = loader.Load(loader.Options{Logger: quiet, Sizes: sizes})
 	if err != nil {
 		tb.Fatal(err)
 	}
