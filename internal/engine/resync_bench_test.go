@@ -16,6 +16,7 @@ import (
 	"github.com/crowdsecurity/crowdsec/pkg/models"
 
 	"github.com/xdpgate/xdpgate/internal/decision"
+	"github.com/xdpgate/xdpgate/internal/lapi"
 	"github.com/xdpgate/xdpgate/internal/loader"
 	"github.com/xdpgate/xdpgate/internal/maps"
 	"github.com/xdpgate/xdpgate/internal/testutil"
@@ -88,41 +89,15 @@ func decode(tb testing.TB, r io.Reader) []*models.Decision {
 	return resp.New
 }
 
-// decodeSet reads a stream answer one decision at a time into a packed
-// set, the way the LAPI client does for the agent (lapi.WithDecisionSets).
+// decodeSet reads a stream answer with the agent's own decoder
+// (lapi.DecodeSet): one decision at a time, packed as it comes.
 func decodeSet(tb testing.TB, r io.Reader) *decision.Set {
 	tb.Helper()
-	dec := json.NewDecoder(r)
-	var set decision.Set
-	expect := func(want json.Delim) {
-		if tok, err := dec.Token(); err != nil || tok != want {
-			tb.Fatalf("stream answer: got %v, %v; want %v", tok, err, want)
-		}
+	set, err := lapi.DecodeSet(r)
+	if err != nil {
+		tb.Fatal(err)
 	}
-	expect('{')
-	for dec.More() {
-		key, err := dec.Token()
-		if err != nil {
-			tb.Fatal(err)
-		}
-		if key != "new" {
-			var skip json.RawMessage
-			if err := dec.Decode(&skip); err != nil {
-				tb.Fatal(err)
-			}
-			continue
-		}
-		expect('[')
-		for dec.More() {
-			var d *models.Decision
-			if err := dec.Decode(&d); err != nil {
-				tb.Fatal(err)
-			}
-			set.Add(d)
-		}
-		expect(']')
-	}
-	return &set
+	return set
 }
 
 // countingBackend counts the calls that reach a backend.

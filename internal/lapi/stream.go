@@ -131,6 +131,16 @@ func decodeStream(r io.Reader, add func(*models.Decision), reuse bool) error {
 	return err
 }
 
+// DecodeSet reads a startup answer of the decision stream from r into a
+// packed decision.Set, as the client does for WithDecisionSets.
+func DecodeSet(r io.Reader) (*decision.Set, error) {
+	set := new(decision.Set)
+	if err := decodeStream(r, set.Add, true); err != nil {
+		return nil, err
+	}
+	return set, nil
+}
+
 // wireDecision is a decision as a Set keeps it, decoded without a pointer
 // to allocate: an empty string stands for a field LAPI left out (for
 // Parse, a missing and an empty value are equally unusable).
