@@ -58,7 +58,10 @@ type Config struct {
 	// sends both when empty), with scenarios containing, or not
 	// containing, these strings.
 	Origins, Scopes, ScenariosContaining, ScenariosNotContaining []string
-	// UserAgent is sent with every request; "xdpgate" when empty.
+	// UserAgent is sent with every request, as "name/version": LAPI
+	// records the two parts as the bouncer's type and version (cscli
+	// bouncers list) and warns about any other form. "xdpgate/dev" when
+	// empty; a value without a version gets "/dev".
 	UserAgent string
 }
 
@@ -184,6 +187,9 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 	}
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "xdpgate"
+	}
+	if !strings.Contains(cfg.UserAgent, "/") {
+		cfg.UserAgent += "/dev"
 	}
 	u, err := url.Parse(cfg.URL)
 	switch {

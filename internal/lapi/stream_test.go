@@ -1,9 +1,15 @@
 package lapi
 
 import (
+	"context"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -81,6 +87,39 @@ func TestDecodeStreamBad(t *testing.T) {
 		var set decision.Set
 		if err := decodeStream(strings.NewReader(body), set.Add, true); err != nil || set.Len() != 0 {
 			t.Errorf("%q: %d decisions, %v; want an empty set", body, set.Len(), err)
+		}
+	}
+}
+
+// TestUserAgent checks that both pull paths, the startup pull decoded by
+// xdpgate and the delta through CrowdSec's client, send a "name/version"
+// user agent, the form LAPI splits into the bouncer's type and version.
+func TestUserAgent(t *testing.T) {
+	for _, tc := range []struct{ set, want string }{
+		{"", "xdpgate/dev"},
+		{"xdpgate", "xdpgate/dev"},
+		{"xdpgate/v1.2.3", "xdpgate/v1.2.3"},
+	} {
+		var mu sync.Mutex
+		var got []string
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			got = append(got, r.URL.Query().Get("startup")+" "+r.UserAgent())
+			mu.Unlock()
+			_, _ = io.WriteString(w, `{"new": null, "deleted": null}`)
+		}))
+		c, err := New(Config{URL: srv.URL, APIKey: "k", UserAgent: tc.set})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, startup := range []bool{true, false} {
+			if _, err := c.pull(context.Background(), startup, startup); err != nil {
+				t.Fatal(err)
+			}
+		}
+		srv.Close()
+		if want := []string{"true " + tc.want, " " + tc.want}; !slices.Equal(got, want) {
+			t.Errorf("UserAgent %q: requests %q, want %q", tc.set, got, want)
 		}
 	}
 }
