@@ -21,6 +21,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -519,16 +520,22 @@ func cmdUninstall(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	var errs []error
+	_, statErr := os.Stat(pin)
 	if err := loader.Uninstall(pin); err != nil {
 		errs = append(errs, err)
+	} else if errors.Is(statErr, fs.ErrNotExist) {
+		fmt.Fprintf(stdout, "xdp: nothing pinned under %s\n", pin)
 	} else {
 		fmt.Fprintf(stdout, "xdp: program detached, pins under %s removed\n", pin)
 	}
 	nft, err := nftfallback.New(nftfallback.Config{Table4: cfg.NFTables.IPv4Table, Table6: cfg.NFTables.IPv6Table, Hooks: cfg.NFTables.Hooks}, slog.New(slog.DiscardHandler))
 	if err == nil {
-		if err := nft.Uninstall(); err != nil {
+		switch n, err := nft.Uninstall(); {
+		case err != nil:
 			errs = append(errs, err)
-		} else {
+		case n == 0:
+			fmt.Fprintf(stdout, "nftables: no table %s or %s\n", cfg.NFTables.IPv4Table, cfg.NFTables.IPv6Table)
+		default:
 			fmt.Fprintf(stdout, "nftables: tables %s and %s removed\n", cfg.NFTables.IPv4Table, cfg.NFTables.IPv6Table)
 		}
 		nft.Close()

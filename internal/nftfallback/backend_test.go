@@ -323,8 +323,8 @@ func TestRestart(t *testing.T) {
 		t.Errorf("ruleset changed by a no-op reconcile:\n%s\n---\n%s", before, after)
 	}
 
-	if err := b2.Uninstall(); err != nil {
-		t.Fatal(err)
+	if n, err := b2.Uninstall(); err != nil || n != 2 {
+		t.Fatalf("Uninstall removed %d tables, %v; want 2", n, err)
 	}
 	rs := listRuleset(t, ns)
 	if !slices.Equal(rs.tables, []string{"inet keepme", "ip other"}) {
@@ -334,8 +334,8 @@ func TestRestart(t *testing.T) {
 		t.Error("Uninstall removed a chain of another table")
 	}
 	// Uninstall twice is fine; the backend recreates its tables on use.
-	if err := b2.Uninstall(); err != nil {
-		t.Fatal(err)
+	if n, err := b2.Uninstall(); err != nil || n != 0 {
+		t.Fatalf("second Uninstall removed %d tables, %v; want 0", n, err)
 	}
 	mustApply(t, b2, entries[:1])
 	checkBanned(t, ns, []string{"192.0.2.1"}, []string{"192.0.2.2"})

@@ -310,10 +310,11 @@ func (b *Backend) ensureFamily(f *family) (changes int, created, setsChanged boo
 // Uninstall removes the backend's tables, both families whatever the
 // configuration, with their sets, chains and counters, in one transaction.
 // Nothing else in the ruleset is touched. The backend can be used again:
-// the next call recreates the tables.
-func (b *Backend) Uninstall() error {
+// the next call recreates the tables. It returns how many tables it
+// removed: 0 when there were none.
+func (b *Backend) Uninstall() (int, error) {
 	if err := b.lock(); err != nil {
-		return err
+		return 0, err
 	}
 	defer b.mu.Unlock()
 	n := 0
@@ -323,7 +324,7 @@ func (b *Backend) Uninstall() error {
 	} {
 		ok, err := b.tableExists(t)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if ok {
 			b.conn.DelTable(t)
@@ -335,15 +336,15 @@ func (b *Backend) Uninstall() error {
 		f.reset()
 	}
 	if n == 0 {
-		return nil
+		return 0, nil
 	}
 	if err := b.conn.Flush(); err != nil {
 		b.redial()
-		return fmt.Errorf("remove nftables tables: %w", err)
+		return 0, fmt.Errorf("remove nftables tables: %w", err)
 	}
 	b.stats.transactions.Add(1)
 	b.log.Info("nftables: tables removed", "ipv4_table", b.cfg.Table4, "ipv6_table", b.cfg.Table6)
-	return nil
+	return n, nil
 }
 
 // Counter is what a drop chain dropped.
