@@ -110,6 +110,9 @@ type Dataplane struct {
 	Maps    bpf.XdpgateMaps
 	opts    Options
 	log     *slog.Logger
+	// links holds the links of a Dataplane without PinPath: nothing
+	// else keeps them, so they last until Detach or Close.
+	links map[string]link.Link
 }
 
 // Spec returns the collection spec with sizes and settings applied.
@@ -294,7 +297,8 @@ type Attachment struct {
 	ProgramID uint32 `json:"program_id"`
 }
 
-// Attach attaches the program to an interface through a pinned bpf_link.
+// Attach attaches the program to an interface through a pinned bpf_link
+// (without PinPath, through a link that lasts until Detach or Close).
 // Attaching an interface that xdpgate already holds just makes sure it runs
 // this program. With ModeAuto native mode is tried first; falling back to
 // generic mode is logged and reported in the returned Attachment.
@@ -324,6 +328,13 @@ func (d *Dataplane) Attach(ifname string, mode Mode, takeover bool) (Attachment,
 			l.Close()
 		}
 	}
+	if l := d.links[ifname]; l != nil {
+		if info, err := l.Info(); err == nil && info.XDP() != nil && int(info.XDP().Ifindex) == iface.Index {
+			return d.describe(ifname, iface.Index)
+		}
+		l.Close()
+		delete(d.links, ifname)
+	}
 	if err := d.checkForeign(iface, takeover); err != nil {
 		return Attachment{}, err
 	}
@@ -347,11 +358,20 @@ func (d *Dataplane) Attach(ifname string, mode Mode, takeover bool) (Attachment,
 	if err != nil {
 		return Attachment{}, fmt.Errorf("attach %s: %w", ifname, err)
 	}
-	defer l.Close()
-	if d.opts.PinPath != "" {
-		if err := l.Pin(d.linkPin(ifname)); err != nil {
-			return Attachment{}, fmt.Errorf("pin link of %s: %w", ifname, err)
+	if d.opts.PinPath == "" {
+		// Unpinned (tests, benchmarks): the link lives with d.
+		if d.links == nil {
+			d.links = map[string]link.Link{}
 		}
+		if old := d.links[ifname]; old != nil {
+			old.Close()
+		}
+		d.links[ifname] = l
+		return d.describe(ifname, iface.Index)
+	}
+	defer l.Close()
+	if err := l.Pin(d.linkPin(ifname)); err != nil {
+		return Attachment{}, fmt.Errorf("pin link of %s: %w", ifname, err)
 	}
 	return d.describe(ifname, iface.Index)
 }
@@ -414,6 +434,16 @@ func describe(ifname string, index int) (Attachment, error) {
 
 // Detach removes the program from one interface.
 func (d *Dataplane) Detach(ifname string) error {
+	if l := d.links[ifname]; l != nil {
+		delete(d.links, ifname)
+		if err := l.Close(); err != nil {
+			return fmt.Errorf("detach %s: %w", ifname, err)
+		}
+		return nil
+	}
+	if d.opts.PinPath == "" {
+		return fmt.Errorf("detach %s: %w", ifname, ErrNotAttached)
+	}
 	return detach(d.opts.PinPath, ifname)
 }
 
@@ -481,6 +511,10 @@ func Attachments(pinPath string) ([]Attachment, error) {
 // Close releases this process's handles. Pinned objects stay: attached
 // interfaces keep dropping after the process exits.
 func (d *Dataplane) Close() {
+	for name, l := range d.links {
+		l.Close()
+		delete(d.links, name)
+	}
 	if d.Program != nil {
 		d.Program.Close()
 	}

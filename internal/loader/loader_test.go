@@ -267,6 +267,58 @@ func TestGenericFallback(t *testing.T) {
 	}
 }
 
+// TestUnpinned attaches without a pin directory: the attachment lasts
+// while the Dataplane is open, and goes with Detach or Close.
+func TestUnpinned(t *testing.T) {
+	ns := testutil.NewNetNS(t)
+	ns.Run(t, "ip", "link", "add", "br0", "type", "bridge")
+	ns.Run(t, "ip", "link", "set", "br0", "up")
+	progID := func() uint32 {
+		l, err := netlink.LinkByName("br0")
+		if err != nil || l.Attrs().Xdp == nil || !l.Attrs().Xdp.Attached {
+			return 0
+		}
+		return l.Attrs().Xdp.ProgId
+	}
+	err := ns.Do(func() error {
+		dp, err := loader.Load(loader.Options{Sizes: sizes})
+		if err != nil {
+			return err
+		}
+		att, err := dp.Attach("br0", loader.ModeGeneric, false)
+		if err != nil {
+			return err
+		}
+		if id := progID(); id == 0 || id != att.ProgramID {
+			return fmt.Errorf("after Attach, br0 runs program %d, want %d", id, att.ProgramID)
+		}
+		// Attaching again is not a foreign program: it is ours.
+		if _, err := dp.Attach("br0", loader.ModeGeneric, false); err != nil {
+			return fmt.Errorf("second attach: %w", err)
+		}
+		if err := dp.Detach("br0"); err != nil {
+			return err
+		}
+		if id := progID(); id != 0 {
+			return fmt.Errorf("after Detach, br0 still runs program %d", id)
+		}
+		if err := dp.Detach("br0"); !errors.Is(err, loader.ErrNotAttached) {
+			return fmt.Errorf("second detach: %v, want ErrNotAttached", err)
+		}
+		if _, err := dp.Attach("br0", loader.ModeGeneric, false); err != nil {
+			return err
+		}
+		dp.Close()
+		if id := progID(); id != 0 {
+			return fmt.Errorf("after Close, br0 still runs program %d", id)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestIncompatiblePins refuses to reuse maps pinned with other sizes.
 func TestIncompatiblePins(t *testing.T) {
 	testutil.Privileged(t)
