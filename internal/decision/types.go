@@ -1,10 +1,11 @@
 // Package decision turns CrowdSec LAPI decisions into what enforcement
-// needs: validated prefixes with an origin and an expiry, held by a store
-// that counts every decision on a value so that deleting one never unbans a
-// value another decision still holds.
+// needs: validated prefixes with an origin and an expiry (Parse), packed
+// sets of them (Set), and the Entry and Backend types the reconcile core
+// (internal/engine) and the enforcement backends share.
 package decision
 
 import (
+	"cmp"
 	"context"
 	"net/netip"
 	"time"
@@ -37,4 +38,14 @@ type Backend interface {
 	List(ctx context.Context) ([]Entry, error)
 	// SetAllowlist replaces the prefixes that are never dropped.
 	SetAllowlist(ctx context.Context, allow []netip.Prefix) error
+}
+
+// ComparePrefix orders prefixes: IPv4 before IPv6, then by address, then
+// shorter prefixes first. For masked prefixes (all that Decision and Entry
+// hold) it agrees with netip.Prefix.Compare, without masking every time.
+func ComparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Bits(), b.Bits())
 }

@@ -17,7 +17,7 @@ import (
 // Everything lives in pointer-free slices, chained and indexed by number,
 // so that the garbage collector has nothing to scan and a large LAPI
 // costs little: 100k decisions on 100k prefixes, with one backend, take
-// about 9 MB (decision.Store and a map of what the backend holds took 20).
+// about 9 MB (maps of decisions and of what each backend holds took 20).
 // The memory of a set is reused by the next one.
 //
 // A row lives while a decision holds its prefix or a backend holds it.

@@ -305,7 +305,7 @@ func TestRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameEntries(t, got, entries)
-	ups, dels := decision.Diff(entries, got, time.Second)
+	ups, dels := diff(entries, got, time.Second)
 	if len(ups)+len(dels) != 0 {
 		t.Errorf("diff after restart: %d upserts, %d deletes", len(ups), len(dels))
 	}
@@ -449,7 +449,7 @@ func TestForeignElements(t *testing.T) {
 	if want := []string{"10.1.0.0/29", "10.1.0.8/31", "203.0.113.5/32", "203.0.113.64/26"}; !slices.Equal(foreign, want) {
 		t.Errorf("foreign entries = %v, want %v", foreign, want)
 	}
-	ups, dels := decision.Diff([]decision.Entry{keep}, got, time.Second)
+	ups, dels := diff([]decision.Entry{keep}, got, time.Second)
 	if err := b.Apply(context.Background(), ups, dels); err != nil {
 		t.Fatal(err)
 	}
@@ -599,4 +599,29 @@ func TestUpdate(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameEntries(t, got, want)
+}
+
+// diff returns what turns current into desired: the entries of desired
+// that current lacks or holds with another origin or an expiry more than
+// tolerance away, and the prefixes of current that desired lacks.
+func diff(desired, current []decision.Entry, tolerance time.Duration) ([]decision.Entry, []netip.Prefix) {
+	have := make(map[netip.Prefix]decision.Entry, len(current))
+	for _, e := range current {
+		have[e.Prefix] = e
+	}
+	var ups []decision.Entry
+	for _, e := range desired {
+		h, ok := have[e.Prefix]
+		delete(have, e.Prefix)
+		d := h.Expiry.Sub(e.Expiry)
+		same := ok && h.Origin == e.Origin && h.Expiry.IsZero() == e.Expiry.IsZero() && d <= tolerance && d >= -tolerance
+		if !same {
+			ups = append(ups, e)
+		}
+	}
+	var dels []netip.Prefix
+	for p := range have {
+		dels = append(dels, p)
+	}
+	return ups, dels
 }
