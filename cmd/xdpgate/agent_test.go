@@ -15,11 +15,8 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -46,10 +43,7 @@ type harness struct {
 	config string
 	port   int
 
-	mu    sync.Mutex
-	agent *exec.Cmd
-	log   *testutil.Log
-	done  chan struct{}
+	agentProc
 }
 
 const updateFrequency = 500 * time.Millisecond
@@ -68,7 +62,7 @@ func newHarness(t testing.TB, extra string) *harness {
 func newHarnessWith(t testing.TB, update, resync time.Duration, extra string) *harness {
 	t.Helper()
 	testutil.Privileged(t)
-	h := &harness{t: t, tp: testutil.NewTopology(t), port: 60601}
+	h := &harness{t: t, tp: testutil.NewTopology(t), port: 60601, agentProc: agentProc{t: t, name: "agent"}}
 	h.lapi = lapitest.StartInNetNS(t, h.tp.Host.Name)
 	h.key = h.lapi.AddBouncer(t, "xdpgate-test")
 	var b [4]byte
@@ -112,63 +106,7 @@ prometheus:
 // start runs the agent in the host namespace.
 func (h *harness) start() {
 	h.t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	cmd := h.tp.Host.Enter(self, "run", "-c", h.config)
-	cmd.Env = append(os.Environ(), "XDPGATE_AS_MAIN=1")
-	log := &testutil.Log{}
-	cmd.Stdout, cmd.Stderr = log, log
-	// The agent dies with the test process (testutil.Start keeps the
-	// forking thread alive for that).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := testutil.Start(cmd); err != nil {
-		h.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	h.mu.Lock()
-	h.agent, h.log, h.done = cmd, log, done
-	h.mu.Unlock()
-	testutil.WaitFor(h.t, 20*time.Second, "the agent to apply its first decision set", func() bool {
-		select {
-		case <-done:
-			h.t.Fatalf("agent exited:\n%s", log.String())
-		default:
-		}
-		return strings.Contains(h.logText(), "decisions applied")
-	})
-}
-
-func (h *harness) logText() string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.log == nil {
-		return ""
-	}
-	return h.log.String()
-}
-
-// stop sends SIGTERM and waits for a clean exit.
-func (h *harness) stop() {
-	h.mu.Lock()
-	cmd, done := h.agent, h.done
-	h.agent = nil
-	h.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		h.t.Errorf("agent did not exit on SIGTERM:\n%s", h.logText())
-	}
-	if h.t.Failed() {
-		h.t.Logf("agent log:\n%s", h.logText())
-	}
+	h.agentProc.start(h.tp.Host, h.config)
 }
 
 // xdpgate runs a CLI command (in-process, in the host namespace) against
@@ -393,7 +331,6 @@ func TestAgentRestartUnderFire(t *testing.T) {
 			if err := h.tp.TrySend("10.99.0.2", 10, 100*time.Microsecond); err == nil {
 				n += 10
 			}
-			n += 0
 		}
 		sent <- n
 	}()

@@ -62,7 +62,7 @@ func benchAgentOnce(b *testing.B) {
 		b.Fatalf("no startup line in the log:\n%s", h.logText())
 	}
 	sinceReceived, _ := time.ParseDuration(m[3])
-	rss, err := peakRSS(h.agent.Process.Pid)
+	rss, err := peakRSS(h.pid())
 	if err != nil {
 		b.Fatal(err)
 	}

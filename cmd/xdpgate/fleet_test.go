@@ -24,12 +24,10 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -108,10 +106,7 @@ type fleetAgent struct {
 	pin    string
 	config string
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	log  *bytes.Buffer
-	done chan struct{}
+	agentProc
 }
 
 // agent adds agent number i (1-250): its namespace holds 10.98.i.2 on
@@ -120,7 +115,8 @@ type fleetAgent struct {
 func (lab *fleetLab) agent(i int, auth string, resync time.Duration) *fleetAgent {
 	t := lab.t
 	t.Helper()
-	a := &fleetAgent{t: t, name: fmt.Sprintf("agent%d", i), ns: testutil.NewNetNS(t)}
+	name := fmt.Sprintf("agent%d", i)
+	a := &fleetAgent{t: t, name: name, ns: testutil.NewNetNS(t), agentProc: agentProc{t: t, name: name}}
 	peer := fmt.Sprintf("vlapi%d", i)
 	testutil.Run(t, "ip", "link", "add", "veth0", "netns", a.ns.Name, "type", "veth", "peer", "name", peer, "netns", lab.ns.Name)
 	a.ns.Run(t, "ip", "addr", "add", fmt.Sprintf("10.98.%d.2/24", i), "dev", "veth0")
@@ -168,75 +164,9 @@ prometheus:
 // start runs the agent and waits for its first decision set.
 func (a *fleetAgent) start() {
 	a.t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		a.t.Fatal(err)
-	}
-	cmd := a.ns.Enter(self, "run", "-c", a.config)
-	cmd.Env = append(os.Environ(), "XDPGATE_AS_MAIN=1")
-	var log bytes.Buffer
-	w := &lockedWriter{mu: &a.mu, w: &log}
-	cmd.Stdout, cmd.Stderr = w, w
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := testutil.Start(cmd); err != nil {
-		a.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	a.mu.Lock()
-	a.cmd, a.log, a.done = cmd, &log, done
-	a.mu.Unlock()
-	testutil.WaitFor(a.t, 30*time.Second, a.name+" to apply its first decision set", func() bool {
-		select {
-		case <-done:
-			a.t.Fatalf("%s exited:\n%s", a.name, a.logText())
-		default:
-		}
-		return strings.Contains(a.logText(), "decisions applied")
-	})
+	a.agentProc.start(a.ns, a.config)
 }
 
-// lockedWriter keeps the test from reading a log while the process
-// writes it.
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
-
-func (a *fleetAgent) logText() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.log == nil {
-		return ""
-	}
-	return a.log.String()
-}
-
-func (a *fleetAgent) stop() {
-	a.mu.Lock()
-	cmd, done := a.cmd, a.done
-	a.cmd = nil
-	a.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		a.t.Errorf("%s did not exit on SIGTERM", a.name)
-	}
-	if a.t.Failed() {
-		a.t.Logf("%s log:\n%s", a.name, a.logText())
-	}
-}
 
 func (a *fleetAgent) check(addr string) maps.Verdict {
 	a.t.Helper()
@@ -531,7 +461,7 @@ func TestFleetLAPIRestartDuringResync(t *testing.T) {
 	alive := func() {
 		t.Helper()
 		select {
-		case <-a.done:
+		case <-a.exited():
 			t.Fatalf("the agent exited:\n%s", a.logText())
 		default:
 		}

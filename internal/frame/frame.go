@@ -104,7 +104,7 @@ func appendIPv4(b []byte, s Spec) []byte {
 	for i := 20; i < len(h); i++ {
 		h[i] = 1 // NOP options
 	}
-	binary.BigEndian.PutUint16(h[10:], checksum(h))
+	binary.BigEndian.PutUint16(h[10:], Checksum(h))
 	b = append(b, h...)
 	return appendUDP(b, s.Payload)
 }
@@ -130,7 +130,9 @@ func appendUDP(b []byte, payload int) []byte {
 	return append(b, u...)
 }
 
-func checksum(h []byte) uint16 {
+// Checksum is the Internet checksum (RFC 1071) of an IPv4 header whose
+// checksum field is zero; over a header with its checksum set, it is 0.
+func Checksum(h []byte) uint16 {
 	var sum uint32
 	for i := 0; i+1 < len(h); i += 2 {
 		sum += uint32(binary.BigEndian.Uint16(h[i:]))

@@ -27,6 +27,8 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/xdpgate/xdpgate/internal/frame"
 )
 
 // FrameLen is the length of the generated frames: the 64-byte Ethernet
@@ -89,7 +91,7 @@ func apply(tmpl []byte, s Slot) []byte {
 	copy(f[offIPDst:], dst[:])
 	binary.BigEndian.PutUint16(f[offUDPDst:], s.DstPort)
 	f[offIPCsum], f[offIPCsum+1] = 0, 0
-	binary.BigEndian.PutUint16(f[offIPCsum:], ipChecksum(f[14:34]))
+	binary.BigEndian.PutUint16(f[offIPCsum:], frame.Checksum(f[14:34]))
 	return f
 }
 
@@ -97,17 +99,6 @@ func (s Slot) value(tmpl []byte) slotValue {
 	var v slotValue
 	copy(v[:], apply(tmpl, s)[:hdrEnd])
 	return v
-}
-
-func ipChecksum(h []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(h); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(h[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
 }
 
 // Generator is the flood's XDP program and its two maps: the slot table,

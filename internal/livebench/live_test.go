@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xdpgate/xdpgate/internal/decision"
+	"github.com/xdpgate/xdpgate/internal/frame"
 	"github.com/xdpgate/xdpgate/internal/loader"
 	"github.com/xdpgate/xdpgate/internal/maps"
 	"github.com/xdpgate/xdpgate/internal/nftfallback"
@@ -709,7 +710,7 @@ func TestSlotValues(t *testing.T) {
 	if len(f) != FrameLen {
 		t.Fatalf("frame of %d bytes", len(f))
 	}
-	if got := ipChecksum(f[14:34]); got != 0 {
+	if got := frame.Checksum(f[14:34]); got != 0 {
 		t.Errorf("header checksum does not verify: %#x", got)
 	}
 	if got := netip.AddrFrom4([4]byte(f[offIPSrc : offIPSrc+4])); got.String() != "192.0.2.7" {
