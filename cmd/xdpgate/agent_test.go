@@ -323,25 +323,7 @@ func TestAgentRestartUnderFire(t *testing.T) {
 	h.lapi.AddDecision(t, "--ip", "10.99.0.2", "--duration", "1h")
 	h.start()
 	r := h.tp.Listen(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	sent := make(chan int)
-	go func() {
-		n := 0
-		for ctx.Err() == nil {
-			if err := h.tp.TrySend("10.99.0.2", 10, 100*time.Microsecond); err == nil {
-				n += 10
-			}
-		}
-		sent <- n
-	}()
-	for i := 0; i < 2; i++ {
-		h.stop()
-		time.Sleep(300 * time.Millisecond) // no agent at all for a moment
-		h.start()
-	}
-	cancel()
-	n := <-sent
-	time.Sleep(200 * time.Millisecond)
+	n := h.restartUnderFire("10.99.0.2", nil)
 	if got := r.Count("10.99.0.2"); got != 0 {
 		t.Fatalf("%d of %d datagrams from the banned source got through two restarts", got, n)
 	}
@@ -376,6 +358,37 @@ func TestAgent100k(t *testing.T) {
 	if out, code := h.xdpgateCode("check", "100.200.0.1"); code != 1 {
 		t.Errorf("check of an address not banned: exit %d, %s", code, out)
 	}
+}
+
+// restartUnderFire restarts the agent twice, with a moment without any
+// agent each time, while src sends to the host without pause; after each
+// restart it calls after (when not nil). It returns how many datagrams
+// src sent.
+func (h *harness) restartUnderFire(src string, after func(restart int)) int {
+	h.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	sent := make(chan int)
+	go func() {
+		n := 0
+		for ctx.Err() == nil {
+			if err := h.tp.TrySend(src, 10, 100*time.Microsecond); err == nil {
+				n += 10
+			}
+		}
+		sent <- n
+	}()
+	for i := 1; i <= 2; i++ {
+		h.stop()
+		time.Sleep(300 * time.Millisecond) // no agent at all for a moment
+		h.start()
+		if after != nil {
+			after(i)
+		}
+	}
+	cancel()
+	n := <-sent
+	time.Sleep(200 * time.Millisecond) // what is in flight arrives
+	return n
 }
 
 func readFile(t testing.TB, p string) string {

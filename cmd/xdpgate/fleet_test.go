@@ -167,7 +167,6 @@ func (a *fleetAgent) start() {
 	a.agentProc.start(a.ns, a.config)
 }
 
-
 func (a *fleetAgent) check(addr string) maps.Verdict {
 	a.t.Helper()
 	return checkPinned(a.t, a.pin, addr)

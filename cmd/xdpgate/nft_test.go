@@ -6,7 +6,6 @@ package main
 // agent until `xdpgate uninstall`.
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -558,29 +557,11 @@ func TestNFTRestartUnderFire(t *testing.T) {
 	h.lapi.AddDecision(t, "--range", "10.99.0.4/31", "--duration", "1h")
 	h.start()
 	r := h.tp.Listen(t)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	sent := make(chan int)
-	go func() {
-		n := 0
-		for ctx.Err() == nil {
-			if err := h.tp.TrySend("10.99.0.2", 10, 100*time.Microsecond); err == nil {
-				n += 10
-			}
-		}
-		sent <- n
-	}()
-	for i := 0; i < 2; i++ {
-		h.stop()
-		time.Sleep(300 * time.Millisecond) // no agent at all for a moment
-		h.start()
+	n := h.restartUnderFire("10.99.0.2", func(i int) {
 		if m := startupApplied.FindStringSubmatch(h.logText()); m == nil || m[1] != "0" || m[2] != "0" {
-			t.Errorf("restart %d: the startup set should find everything in place and write nothing; log:\n%s", i+1, h.logText())
+			t.Errorf("restart %d: the startup set should find everything in place and write nothing; log:\n%s", i, h.logText())
 		}
-	}
-	cancel()
-	n := <-sent
-	time.Sleep(200 * time.Millisecond)
+	})
 	if got := r.Count("10.99.0.2"); got != 0 {
 		t.Errorf("%d of %d datagrams from the banned source got through two restarts", got, n)
 	} else {

@@ -20,31 +20,14 @@ import (
 	"github.com/xdpgate/xdpgate/internal/cloudflare"
 	"github.com/xdpgate/xdpgate/internal/configfile"
 	"github.com/xdpgate/xdpgate/internal/lapi"
+	"github.com/xdpgate/xdpgate/internal/testutil"
 )
-
-// lockedBuffer collects logs written while the test reads them.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 type env struct {
 	fake   *cffake.Server
 	client *cloudflare.SDK
 	syncer *Syncer
-	logs   *lockedBuffer
+	logs   *testutil.Log
 	mu     sync.Mutex
 	waits  []time.Duration
 }
@@ -56,7 +39,7 @@ func newEnv(t testing.TB, opts cffake.Options, hosts ...string) *env {
 	if opts.Zones == nil {
 		opts.Zones = []string{"zone-a"}
 	}
-	e := &env{fake: cffake.New(t, opts), logs: &lockedBuffer{}}
+	e := &env{fake: cffake.New(t, opts), logs: &testutil.Log{}}
 	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	c, err := cloudflare.New(cloudflare.Config{
 		AccountID: e.fake.AccountID(), Token: configfile.Secret(e.fake.Token()), BaseURL: e.fake.URL(), Logger: log,

@@ -1,7 +1,6 @@
 package lapi
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -16,6 +15,7 @@ import (
 	"github.com/xdpgate/xdpgate/internal/configfile"
 	"github.com/xdpgate/xdpgate/internal/decision"
 	"github.com/xdpgate/xdpgate/internal/lapitest"
+	"github.com/xdpgate/xdpgate/internal/testutil"
 )
 
 // The pull period and backoff of the tests: short, so that the package's
@@ -25,29 +25,10 @@ const (
 	waitTimeout   = 15 * time.Second
 )
 
-// syncBuffer collects the client's log; the tests check it never holds
-// the API key.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type harness struct {
 	t      *testing.T
 	c      *Client
-	log    *syncBuffer
+	log    *testutil.Log
 	out    chan Batch
 	runErr chan error
 	cancel context.CancelFunc
@@ -61,7 +42,7 @@ func newClient(t *testing.T, l *lapitest.LAPI, key string, edit func(*Config), o
 	if edit != nil {
 		edit(&cfg)
 	}
-	h := &harness{t: t, log: &syncBuffer{}}
+	h := &harness{t: t, log: &testutil.Log{}}
 	logger := slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	opts = append([]Option{WithLogger(logger), WithBackoff(50*time.Millisecond, 400*time.Millisecond)}, opts...)
 	c, err := New(cfg, opts...)
