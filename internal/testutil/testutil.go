@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -160,4 +161,25 @@ func HTTPClientIn(name string) *http.Client {
 		return r.c, r.err
 	}
 	return &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
+}
+
+// ReadmeBlock returns the fenced code block of the repository's README.md
+// whose first line is first: the examples the README shows, for tests
+// that check they work.
+func ReadmeBlock(tb testing.TB, first string) string {
+	tb.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	readme, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "README.md"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, part := range strings.Split(string(readme), "```")[1:] {
+		// part is "lang\nbody" inside a fence, or text between two.
+		_, body, ok := strings.Cut(part, "\n")
+		if ok && strings.HasPrefix(body, first+"\n") {
+			return body
+		}
+	}
+	tb.Fatalf("README.md has no code block starting with %q", first)
+	return ""
 }
