@@ -272,6 +272,11 @@ func TestAgentDecisions(t *testing.T) {
 			t.Errorf("list: %s", out)
 		}
 	})
+
+	// LAPI 1.4.6 has no usage metrics endpoint: said once, not an error.
+	if n := strings.Count(h.logText(), "no usage metrics endpoint"); n != 1 {
+		t.Errorf("the missing usage metrics endpoint was logged %d times, want once", n)
+	}
 }
 
 func TestAgentCaptchaMapped(t *testing.T) {

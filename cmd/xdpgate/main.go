@@ -226,6 +226,12 @@ func cmdRun(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer a.Close()
+	// Usage metrics for `cscli metrics`, on LAPIs that take them (1.6+).
+	go func() {
+		_ = src.RunUsageMetrics(ctx, lapi.UsageMetrics{
+			Type: "xdpgate", Version: version, Interval: cfg.MetricsInterval, Update: a.UsageMetrics,
+		})
+	}()
 	return a.Run(ctx)
 }
 

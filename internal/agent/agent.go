@@ -62,6 +62,9 @@ type Agent struct {
 	// goroutine only.
 	guard fleet.ShrinkGuard
 
+	usageMu sync.Mutex
+	usage   usageState
+
 	dp  *loader.Dataplane
 	xdp *maps.Maps
 

@@ -71,6 +71,11 @@ type Config struct {
 	// ResyncInterval is how often the whole decision list is pulled again
 	// (startup=true) and the kernel state reconciled against it; 0 never.
 	ResyncInterval time.Duration `yaml:"resync_interval"`
+	// MetricsInterval is how often usage metrics (drops and active
+	// decisions per origin) are reported to LAPI, as go-cs-bouncer's
+	// metrics_interval; 0 never. A LAPI older than 1.6 has no endpoint
+	// for them, which is logged once.
+	MetricsInterval time.Duration `yaml:"metrics_interval"`
 
 	// Which decisions are enforced.
 	SupportedDecisionsTypes []string `yaml:"supported_decisions_types"`
@@ -138,6 +143,7 @@ func Default() Config {
 		APIURL:                  "http://127.0.0.1:8080/",
 		UpdateFrequency:         10 * time.Second,
 		ResyncInterval:          5 * time.Minute,
+		MetricsInterval:         15 * time.Minute,
 		SupportedDecisionsTypes: []string{"ban"},
 		Scopes:                  []string{"ip", "range"},
 		MinPrefixV4:             8,

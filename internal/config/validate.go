@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 )
 
 var (
@@ -111,6 +112,9 @@ func (c *Config) validateLAPI(v *validator) {
 
 	if c.UpdateFrequency <= 0 {
 		v.add("update_frequency", "must be positive, got %q", formatDuration(c.UpdateFrequency))
+	}
+	if c.MetricsInterval < 0 || (c.MetricsInterval > 0 && c.MetricsInterval < time.Minute) {
+		v.add("metrics_interval", "must be 0 (never) or at least 1m, got %q", formatDuration(c.MetricsInterval))
 	}
 	if c.ResyncInterval < 0 || (c.ResyncInterval > 0 && c.ResyncInterval < c.UpdateFrequency) {
 		v.add("resync_interval", "must be 0 (never) or at least update_frequency (%s), got %q",
