@@ -33,6 +33,15 @@ type XdpgateCounter struct {
 	Bytes   uint64
 }
 
+type XdpgateExactV4Bucket struct {
+	_         structs.HostLayout
+	Addr      [4]uint32
+	ExpiresNs [4]uint64
+	Origin    [4]uint16
+	Overflow  uint32
+	Pad       uint32
+}
+
 type XdpgateFamily uint32
 
 const (
@@ -91,6 +100,7 @@ const (
 	XdpgateMapAllowV6            = "allow_v6"
 	XdpgateMapBansV4             = "bans_v4"
 	XdpgateMapBansV6             = "bans_v6"
+	XdpgateMapExactV4            = "exact_v4"
 	XdpgateMapOriginDrops        = "origin_drops"
 	XdpgateMapOrigins            = "origins"
 	XdpgateMapRangesV4           = "ranges_v4"
@@ -98,7 +108,6 @@ const (
 	XdpgateMapStats              = "stats"
 	XdpgateMapSummaryAllowV4     = "summary_allow_v4"
 	XdpgateMapSummaryAllowV6     = "summary_allow_v6"
-	XdpgateMapSummaryV4          = "summary_v4"
 	XdpgateMapSummaryV4Range     = "summary_v4_range"
 	XdpgateMapSummaryV6          = "summary_v6"
 	XdpgateMapSummaryV6Range     = "summary_v6_range"
@@ -109,8 +118,8 @@ const (
 	XdpgateVarClockBaseNs        = "clock_base_ns"
 	XdpgateVarClockNsPerJiffy    = "clock_ns_per_jiffy"
 	XdpgateVarCountOnly          = "count_only"
+	XdpgateVarExactV4Bits        = "exact_v4_bits"
 	XdpgateVarParseOnly          = "parse_only"
-	XdpgateVarSummaryV4Bits      = "summary_v4_bits"
 	XdpgateVarSummaryV6Bits      = "summary_v6_bits"
 	XdpgateVarSummaryV6RangeBits = "summary_v6_range_bits"
 )
@@ -168,6 +177,7 @@ type XdpgateMapSpecs struct {
 	AllowV6        *ebpf.MapSpec `ebpf:"allow_v6"`
 	BansV4         *ebpf.MapSpec `ebpf:"bans_v4"`
 	BansV6         *ebpf.MapSpec `ebpf:"bans_v6"`
+	ExactV4        *ebpf.MapSpec `ebpf:"exact_v4"`
 	OriginDrops    *ebpf.MapSpec `ebpf:"origin_drops"`
 	Origins        *ebpf.MapSpec `ebpf:"origins"`
 	RangesV4       *ebpf.MapSpec `ebpf:"ranges_v4"`
@@ -175,7 +185,6 @@ type XdpgateMapSpecs struct {
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
 	SummaryAllowV4 *ebpf.MapSpec `ebpf:"summary_allow_v4"`
 	SummaryAllowV6 *ebpf.MapSpec `ebpf:"summary_allow_v6"`
-	SummaryV4      *ebpf.MapSpec `ebpf:"summary_v4"`
 	SummaryV4Range *ebpf.MapSpec `ebpf:"summary_v4_range"`
 	SummaryV6      *ebpf.MapSpec `ebpf:"summary_v6"`
 	SummaryV6Range *ebpf.MapSpec `ebpf:"summary_v6_range"`
@@ -191,8 +200,8 @@ type XdpgateVariableSpecs struct {
 	ClockBaseNs        *ebpf.VariableSpec `ebpf:"clock_base_ns"`
 	ClockNsPerJiffy    *ebpf.VariableSpec `ebpf:"clock_ns_per_jiffy"`
 	CountOnly          *ebpf.VariableSpec `ebpf:"count_only"`
+	ExactV4Bits        *ebpf.VariableSpec `ebpf:"exact_v4_bits"`
 	ParseOnly          *ebpf.VariableSpec `ebpf:"parse_only"`
-	SummaryV4Bits      *ebpf.VariableSpec `ebpf:"summary_v4_bits"`
 	SummaryV6Bits      *ebpf.VariableSpec `ebpf:"summary_v6_bits"`
 	SummaryV6RangeBits *ebpf.VariableSpec `ebpf:"summary_v6_range_bits"`
 }
@@ -221,6 +230,7 @@ type XdpgateMaps struct {
 	AllowV6        *ebpf.Map `ebpf:"allow_v6"`
 	BansV4         *ebpf.Map `ebpf:"bans_v4"`
 	BansV6         *ebpf.Map `ebpf:"bans_v6"`
+	ExactV4        *ebpf.Map `ebpf:"exact_v4"`
 	OriginDrops    *ebpf.Map `ebpf:"origin_drops"`
 	Origins        *ebpf.Map `ebpf:"origins"`
 	RangesV4       *ebpf.Map `ebpf:"ranges_v4"`
@@ -228,7 +238,6 @@ type XdpgateMaps struct {
 	Stats          *ebpf.Map `ebpf:"stats"`
 	SummaryAllowV4 *ebpf.Map `ebpf:"summary_allow_v4"`
 	SummaryAllowV6 *ebpf.Map `ebpf:"summary_allow_v6"`
-	SummaryV4      *ebpf.Map `ebpf:"summary_v4"`
 	SummaryV4Range *ebpf.Map `ebpf:"summary_v4_range"`
 	SummaryV6      *ebpf.Map `ebpf:"summary_v6"`
 	SummaryV6Range *ebpf.Map `ebpf:"summary_v6_range"`
@@ -240,6 +249,7 @@ func (m *XdpgateMaps) Close() error {
 		m.AllowV6,
 		m.BansV4,
 		m.BansV6,
+		m.ExactV4,
 		m.OriginDrops,
 		m.Origins,
 		m.RangesV4,
@@ -247,7 +257,6 @@ func (m *XdpgateMaps) Close() error {
 		m.Stats,
 		m.SummaryAllowV4,
 		m.SummaryAllowV6,
-		m.SummaryV4,
 		m.SummaryV4Range,
 		m.SummaryV6,
 		m.SummaryV6Range,
@@ -264,8 +273,8 @@ type XdpgateVariables struct {
 	ClockBaseNs        *ebpf.Variable `ebpf:"clock_base_ns"`
 	ClockNsPerJiffy    *ebpf.Variable `ebpf:"clock_ns_per_jiffy"`
 	CountOnly          *ebpf.Variable `ebpf:"count_only"`
+	ExactV4Bits        *ebpf.Variable `ebpf:"exact_v4_bits"`
 	ParseOnly          *ebpf.Variable `ebpf:"parse_only"`
-	SummaryV4Bits      *ebpf.Variable `ebpf:"summary_v4_bits"`
 	SummaryV6Bits      *ebpf.Variable `ebpf:"summary_v6_bits"`
 	SummaryV6RangeBits *ebpf.Variable `ebpf:"summary_v6_range_bits"`
 }

@@ -343,3 +343,156 @@ func TestExpiryInKernel(t *testing.T) {
 		t.Fatalf("after expiry, with nobody pruning: %v", got)
 	}
 }
+
+// sameBucket returns n public IPv4 addresses that the exact IPv4 cache
+// puts in one bucket (the hash of bpf/xdpgate.c, on the address bytes read
+// little-endian), starting the search at 100.70.0.1.
+func sameBucket(n int, nbits uint32) []string {
+	bucket := func(a netip.Addr) uint32 {
+		b := a.As4()
+		key := uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24
+		return uint32((key * 0x9E3779B97F4A7C15) >> (64 - nbits))
+	}
+	first := netip.MustParseAddr("100.70.0.1")
+	out := []string{first.String()}
+	for a := first.Next(); len(out) < n; a = a.Next() {
+		if bucket(a) == bucket(first) {
+			out = append(out, a.String())
+		}
+	}
+	return out
+}
+
+// TestExactCacheOverflow bans more addresses than one bucket of the exact
+// IPv4 cache holds: those beyond its four slots are found through the
+// overflow mark in bans_v4, deletes of either kind take effect, a slot that
+// frees up is reused, and a rebuild keeps every verdict.
+func TestExactCacheOverflow(t *testing.T) {
+	e := newEnv(t, loader.Options{})
+	addrs := sameBucket(7, loader.ExactV4Bits(testSizes.V4Exact))
+	neighbour := sameBucket(8, loader.ExactV4Bits(testSizes.V4Exact))[7] // same bucket, never banned
+	var up []decision.Entry
+	for _, a := range addrs[:6] {
+		up = append(up, ban(a+"/32"))
+	}
+	e.apply(t, append(up, ban("0.0.0.0/32")))
+	check := func(step string, banned ...string) {
+		t.Helper()
+		for _, a := range append(addrs, neighbour) {
+			want := vPass
+			for _, b := range banned {
+				if a == b {
+					want = vDrop
+				}
+			}
+			if got := e.mustRun(t, pkt(a)); got != want {
+				t.Errorf("%s: %s is %v, want %v", step, a, got, want)
+			}
+		}
+	}
+	check("six in a bucket of four", addrs[:6]...)
+	if got := e.mustRun(t, pkt("0.0.0.0")); got != vDrop {
+		t.Errorf("0.0.0.0, banned, is %v", got)
+	}
+	// One in a slot (the first in), one beyond the slots.
+	e.apply(t, nil, netip.MustParsePrefix(addrs[0]+"/32"), netip.MustParsePrefix(addrs[5]+"/32"))
+	check("two deleted", addrs[1:5]...)
+	// The freed slot takes a new ban.
+	e.apply(t, []decision.Entry{ban(addrs[6] + "/32")})
+	check("a seventh in the freed slot", append(addrs[1:5:5], addrs[6])...)
+	if err := e.m.Rebuild(); err != nil {
+		t.Fatal(err)
+	}
+	check("after a rebuild", append(addrs[1:5:5], addrs[6])...)
+}
+
+// TestRebuildExact puts a ban into bans_v4 behind the cache's back, as an
+// agent killed between the two writes would leave it: the program does
+// not see it until RebuildExact, which an agent runs at start.
+func TestRebuildExact(t *testing.T) {
+	e := newEnv(t, loader.Options{})
+	e.apply(t, []decision.Entry{ban("100.71.0.1/32")})
+	key := bpf.XdpgateV4Addr{Addr: netip.MustParseAddr("100.71.0.2").As4()}
+	var val bpf.XdpgateBan
+	if err := e.dp.Maps.BansV4.Lookup(bpf.XdpgateV4Addr{Addr: netip.MustParseAddr("100.71.0.1").As4()}, &val); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dp.Maps.BansV4.Put(key, val); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.mustRun(t, pkt("100.71.0.2")); got != vPass {
+		t.Fatalf("a ban the cache does not point to is %v before the rebuild; the test lost its point", got)
+	}
+	if err := e.m.RebuildExact(); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"100.71.0.1", "100.71.0.2"} {
+		if got := e.mustRun(t, pkt(a)); got != vDrop {
+			t.Errorf("after RebuildExact, %s is %v, want drop", a, got)
+		}
+	}
+}
+
+// TestExactCacheBulk drives the cache's three write paths on a small map
+// crowded enough to overflow buckets: unread writes into a fresh cache,
+// reading it whole in chunks when a batch touches much of it, and reading
+// bucket by bucket through a second Maps that cannot know what the first
+// wrote. Every verdict is checked after each step.
+func TestExactCacheBulk(t *testing.T) {
+	e := newEnv(t, loader.Options{Sizes: loader.Sizes{V4Exact: 1 << 12, V6Exact: 1 << 8, V4Ranges: 1 << 8, V6Ranges: 1 << 8, Allow: 16}})
+	addrs := make([]netip.Addr, 3000) // 2048 buckets: ~1.5 a bucket
+	for i := range addrs {
+		v := uint32(i)*2654435761 | 1
+		addrs[i] = netip.AddrFrom4([4]byte{100, 64 | byte(v>>16)&63, byte(v >> 8), byte(v)})
+	}
+	entries := func(from, to int, origin string) []decision.Entry {
+		var out []decision.Entry
+		for _, a := range addrs[from:to] {
+			out = append(out, decision.Entry{Prefix: netip.PrefixFrom(a, 32), Origin: origin})
+		}
+		return out
+	}
+	verify := func(step string, banned func(i int) bool) {
+		t.Helper()
+		bad := 0
+		for i, a := range addrs {
+			want := vPass
+			if banned(i) {
+				want = vDrop
+			}
+			if got := e.mustRun(t, pkt(a.String())); got != want && bad < 5 {
+				bad++
+				t.Errorf("%s: %s is %v, want %v", step, a, got, want)
+			}
+		}
+	}
+	e.apply(t, entries(0, 3000, "crowdsec"))
+	verify("3000 into a fresh cache", func(int) bool { return true })
+	e.apply(t, entries(0, 3000, "cscli")) // every bucket read: the chunked path
+	verify("3000 updated", func(int) bool { return true })
+	// The drops now count for the new origin: the slots were updated.
+	st, err := e.m.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := st.DropsByOrigin["cscli"]["ipv4"].Packets; n != 3000 {
+		t.Errorf("%d drops counted for cscli after the update, want 3000", n)
+	}
+	var del []netip.Prefix
+	for i := 0; i < 3000; i += 2 {
+		del = append(del, netip.PrefixFrom(addrs[i], 32))
+	}
+	e.apply(t, nil, del...)
+	verify("every other deleted", func(i int) bool { return i%2 == 1 })
+
+	// A second Maps over the same maps, as a restarted agent before its
+	// rebuild: it reads each bucket it writes.
+	m2, err := maps.New(&e.dp.Maps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.Apply(context.Background(), entries(0, 10, "lists"), []netip.Prefix{netip.PrefixFrom(addrs[11], 32), netip.PrefixFrom(addrs[13], 32)}); err != nil {
+		t.Fatal(err)
+	}
+	verify("ten added and two deleted by another Maps", func(i int) bool { return i < 10 || (i%2 == 1 && i != 11 && i != 13) })
+}

@@ -115,6 +115,12 @@ func New(ctx context.Context, cfg *config.Config, src Source, log *slog.Logger) 
 			dp.Close()
 			return nil, err
 		}
+		// An agent killed in the middle of a write may have left an
+		// exact ban in bans_v4 that the cache in front of it does not
+		// point to yet.
+		if err := a.xdp.RebuildExact(); err != nil {
+			log.Warn("rebuilding the exact IPv4 ban cache from the pinned map failed; some exact bans may not drop until the next rebuild", "error", err)
+		}
 		backends = append(backends, a.xdp)
 	}
 	a.engine = engine.New(engine.Options{

@@ -79,6 +79,15 @@ func SummaryBits(n uint32) uint32 {
 	return min(max(b, 16), 31)
 }
 
+// ExactV4Bits returns log2 of the bucket count of the exact IPv4 ban cache
+// for a map of n entries: a bucket per two entries, so that a full map
+// leaves about 5% of buckets with more bans than their four slots, and the
+// usual ban list (a tenth of it) practically none.
+func ExactV4Bits(n uint32) uint32 {
+	b := bits.Len32(max(n, 2)-1) - 1
+	return uint32(min(max(b, 8), 30))
+}
+
 // Mode is how the program is attached to an interface.
 type Mode string
 
@@ -141,7 +150,7 @@ func Spec(opts Options) (*ebpf.CollectionSpec, error) {
 	vars := map[string]any{
 		bpf.XdpgateVarCountOnly:          boolByte(opts.CountOnly),
 		bpf.XdpgateVarParseOnly:          boolByte(opts.ParseOnly),
-		bpf.XdpgateVarSummaryV4Bits:      SummaryBits(s.V4Exact),
+		bpf.XdpgateVarExactV4Bits:        ExactV4Bits(s.V4Exact),
 		bpf.XdpgateVarSummaryV6Bits:      SummaryBits(s.V6Exact),
 		bpf.XdpgateVarSummaryV6RangeBits: max(SummaryBits(s.V6Ranges), 24),
 		bpf.XdpgateVarClockBaseJiffies:   opts.Clock.BaseJiffies,
@@ -153,7 +162,7 @@ func Spec(opts Options) (*ebpf.CollectionSpec, error) {
 			return nil, fmt.Errorf("set %s: %w", name, err)
 		}
 	}
-	spec.Maps[bpf.XdpgateMapSummaryV4].MaxEntries = 1 << (SummaryBits(s.V4Exact) - 6)
+	spec.Maps[bpf.XdpgateMapExactV4].MaxEntries = 1 << ExactV4Bits(s.V4Exact)
 	spec.Maps[bpf.XdpgateMapSummaryV6].MaxEntries = 1 << (SummaryBits(s.V6Exact) - 6)
 	spec.Maps[bpf.XdpgateMapSummaryV6Range].MaxEntries = 1 << (max(SummaryBits(s.V6Ranges), 24) - 6)
 	return spec, nil

@@ -52,7 +52,8 @@ const batchSize = 1 << 14
 type Maps struct {
 	m *bpf.XdpgateMaps
 
-	v4, v4Range, v6, v6Range, allow4, allow6 *summary
+	exact                                *exactCache
+	v4Range, v6, v6Range, allow4, allow6 *summary
 
 	mu      sync.Mutex
 	origins map[string]uint16
@@ -73,7 +74,6 @@ func New(m *bpf.XdpgateMaps) (*Maps, error) {
 		name string
 		m    *ebpf.Map
 	}{
-		{&x.v4, bpf.XdpgateMapSummaryV4, m.SummaryV4},
 		{&x.v4Range, bpf.XdpgateMapSummaryV4Range, m.SummaryV4Range},
 		{&x.v6, bpf.XdpgateMapSummaryV6, m.SummaryV6},
 		{&x.v6Range, bpf.XdpgateMapSummaryV6Range, m.SummaryV6Range},
@@ -83,6 +83,11 @@ func New(m *bpf.XdpgateMaps) (*Maps, error) {
 		if *s.dst, err = newSummary(s.name, s.m); err != nil {
 			return nil, err
 		}
+	}
+	var k bpf.XdpgateV4Addr
+	empty := errors.Is(m.BansV4.NextKey(nil, &k), ebpf.ErrKeyNotExist)
+	if x.exact, err = newExactCache(m.ExactV4, empty); err != nil {
+		return nil, err
 	}
 	if err := x.loadOrigins(); err != nil {
 		return nil, err
@@ -271,7 +276,6 @@ func (x *Maps) Apply(_ context.Context, upserts []decision.Entry, deletes []neti
 		rv6  []bpf.XdpgateBan
 		bad  int
 		last error
-		b4   []uint32
 		b6   []uint32
 	)
 	for _, e := range upserts {
@@ -288,7 +292,6 @@ func (x *Maps) Apply(_ context.Context, upserts []decision.Entry, deletes []neti
 		val := bpf.XdpgateBan{ExpiresNs: c.toBoot(e.Expiry), Origin: id, Prefixlen: uint8(p.Bits())}
 		switch k {
 		case kindV4Exact:
-			b4 = append(b4, v4ExactBit(v4Key(p.Addr()), x.v4.nbits))
 			k4, v4 = append(k4, v4Addr(p.Addr())), append(v4, val)
 		case kindV4Range:
 			markV4Range(x.v4Range, p)
@@ -305,10 +308,12 @@ func (x *Maps) Apply(_ context.Context, upserts []decision.Entry, deletes []neti
 	if bad > 0 {
 		errs = append(errs, fmt.Errorf("%d invalid prefixes skipped, last: %w", bad, last))
 	}
-	x.v4.setMany(b4)
 	x.v6.setMany(b6)
-	errs = append(errs,
-		batchPut(x.m.BansV4, bpf.XdpgateMapBansV4, k4, v4),
+	// The cache gets the exact IPv4 bans once bans_v4 holds them: a slot
+	// never holds a ban the table lacks.
+	err4 := batchPut(x.m.BansV4, bpf.XdpgateMapBansV4, k4, v4)
+	errs = append(errs, err4,
+		x.cacheAfterPut(k4, v4, err4),
 		batchPut(x.m.BansV6, bpf.XdpgateMapBansV6, k6, v6),
 		eachPut(x.m.RangesV4, bpf.XdpgateMapRangesV4, r4, rv4),
 		eachPut(x.m.RangesV6, bpf.XdpgateMapRangesV6, r6, rv6),
@@ -334,6 +339,15 @@ func (x *Maps) Apply(_ context.Context, upserts []decision.Entry, deletes []neti
 			dr6 = append(dr6, lpmV6(p))
 		}
 	}
+	// Out of the cache first, so that the program stops matching before
+	// the table entry goes.
+	ops := make([]exactOp, len(d4))
+	for i, k := range d4 {
+		ops[i] = exactOp{key: v4Key(netip.AddrFrom4(k.Addr)), del: true}
+	}
+	if err := x.exact.apply(ops); err != nil {
+		errs = append(errs, err)
+	}
 	n1, err1 := batchDelete(x.m.BansV4, bpf.XdpgateMapBansV4, d4)
 	n2, err2 := batchDelete(x.m.BansV6, bpf.XdpgateMapBansV6, d6)
 	n3, err3 := eachDelete(x.m.RangesV4, bpf.XdpgateMapRangesV4, dr4)
@@ -349,6 +363,23 @@ func (x *Maps) Apply(_ context.Context, upserts []decision.Entry, deletes []neti
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// cacheAfterPut puts into the cache the exact IPv4 bans batchPut wrote to
+// bans_v4. When the put failed part way (a full map), only those bans_v4
+// holds now go in.
+func (x *Maps) cacheAfterPut(keys []bpf.XdpgateV4Addr, vals []bpf.XdpgateBan, putErr error) error {
+	ops := make([]exactOp, 0, len(keys))
+	for i := range keys {
+		if putErr != nil {
+			var have bpf.XdpgateBan
+			if x.m.BansV4.Lookup(&keys[i], &have) != nil || have != vals[i] {
+				continue
+			}
+		}
+		ops = append(ops, exactOp{key: v4Key(netip.AddrFrom4(keys[i].Addr)), val: vals[i]})
+	}
+	return x.exact.apply(ops)
 }
 
 // batchPut writes keys and values with batch updates. A large batch is
@@ -645,6 +676,35 @@ func (x *Maps) Fill() ([]Fill, error) {
 	}, errors.Join(err, aerr)
 }
 
+// RebuildExact recomputes the exact IPv4 ban cache from bans_v4. The cache
+// follows bans_v4 write by write, but a process killed between the two
+// leaves a ban the cache does not point to: an agent starting over pinned
+// maps calls this first. The summaries need no such repair (their bits are
+// set before the entries they describe go in).
+func (x *Maps) RebuildExact() error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var e4 []uint32
+	var ev4 []bpf.XdpgateBan
+	var cursor ebpf.MapBatchCursor
+	keys := make([]bpf.XdpgateV4Addr, 4096)
+	vals := make([]bpf.XdpgateBan, 4096)
+	for {
+		n, err := x.m.BansV4.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			e4, ev4 = append(e4, v4Key(netip.AddrFrom4(keys[i].Addr))), append(ev4, vals[i])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			// A partial read would drop what it did not see.
+			return fmt.Errorf("read %s: %w", bpf.XdpgateMapBansV4, err)
+		}
+	}
+	return x.exact.rebuild(e4, ev4)
+}
+
 // Rebuild recomputes the ban summaries from the maps' contents, clearing the
 // bits that deleted entries left behind.
 func (x *Maps) Rebuild() error {
@@ -654,13 +714,15 @@ func (x *Maps) Rebuild() error {
 }
 
 func (x *Maps) rebuildLocked() error {
-	b4, b4r, b6, b6r := x.v4.fresh(), x.v4Range.fresh(), x.v6.fresh(), x.v6Range.fresh()
+	b4r, b6, b6r := x.v4Range.fresh(), x.v6.fresh(), x.v6Range.fresh()
+	var e4 []uint32
+	var ev4 []bpf.XdpgateBan
 	n := 0
-	err := x.walk(func(p netip.Prefix, _ bpf.XdpgateBan, _ clock) {
+	err := x.walk(func(p netip.Prefix, v bpf.XdpgateBan, _ clock) {
 		n++
 		switch k, p, _ := classify(p); k {
 		case kindV4Exact:
-			b4.set(v4ExactBit(v4Key(p.Addr()), x.v4.nbits))
+			e4, ev4 = append(e4, v4Key(p.Addr())), append(ev4, v)
 		case kindV4Range:
 			markV4Range(b4r, p)
 		case kindV6Exact:
@@ -673,7 +735,9 @@ func (x *Maps) rebuildLocked() error {
 		// A partial walk would clear bits of entries it did not see.
 		return fmt.Errorf("rebuild summaries: %w", err)
 	}
-	x.v4.store(b4)
+	if err := x.exact.rebuild(e4, ev4); err != nil {
+		return fmt.Errorf("rebuild the exact IPv4 cache: %w", err)
+	}
 	x.v4Range.store(b4r)
 	x.v6.store(b6)
 	x.v6Range.store(b6r)
