@@ -95,8 +95,6 @@ struct ban {
 	__u32 reserved;
 };
 
-/* Addresses are byte arrays, not integers, so that bpftool prints them as
- * the dotted bytes they are ([203,0,113,7]) rather than as a number. */
 /* A bucket of the exact IPv4 ban cache: the bans of up to EXACT_SLOTS
  * addresses hashed to it, each also in bans_v4 (which stays the complete
  * table that user space lists and bpftool dumps). An empty slot has
@@ -104,7 +102,7 @@ struct ban {
  * bucket is one 64-byte cache line. */
 #define EXACT_SLOTS 4
 struct exact_v4_bucket {
-	__u32 addr[EXACT_SLOTS];       /* network byte order, as on the wire */
+	__u8 addr[EXACT_SLOTS][4];     /* network byte order, as on the wire */
 	__u64 expires_ns[EXACT_SLOTS]; /* as in struct ban */
 	__u16 origin[EXACT_SLOTS];     /* as in struct ban */
 	/* Nonzero when some ban hashed here is in no slot: the program must
@@ -114,6 +112,8 @@ struct exact_v4_bucket {
 	__u32 pad;
 };
 
+/* Addresses are byte arrays, not integers, so that bpftool prints them as
+ * the dotted bytes they are ([203,0,113,7]) rather than as a number. */
 struct v4_addr {
 	__u8 addr[4]; /* network byte order */
 };
@@ -407,7 +407,8 @@ static __always_inline struct ban *find_exact_v4(__be32 addr, __u64 *now, struct
 		return NULL;
 #pragma unroll
 	for (int i = 0; i < EXACT_SLOTS; i++) {
-		if (bk->addr[i] != addr || !addr)
+		/* Each slot's 4 bytes are 4-aligned: one load, no byte swap. */
+		if (*(__be32 *)bk->addr[i] != addr || !addr)
 			continue;
 		tmp->expires_ns = bk->expires_ns[i];
 		tmp->origin = bk->origin[i];

@@ -35,7 +35,7 @@ type XdpgateCounter struct {
 
 type XdpgateExactV4Bucket struct {
 	_         structs.HostLayout
-	Addr      [4]uint32
+	Addr      [4][4]uint8
 	ExpiresNs [4]uint64
 	Origin    [4]uint16
 	Overflow  uint32

@@ -2,6 +2,7 @@ package maps
 
 import (
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -69,7 +70,7 @@ func (c *exactCache) isUsed(idx uint32) bool { return c.used[idx/64]&(1<<(idx%64
 
 // mark records whether bucket idx, as just written, holds anything.
 func (c *exactCache) mark(idx uint32, b *bucket) {
-	if b.Overflow != 0 || b.Addr != [slots]uint32{} {
+	if b.Overflow != 0 || b.Addr != [slots][4]byte{} {
 		c.used[idx/64] |= 1 << (idx % 64)
 	} else {
 		c.used[idx/64] &^= 1 << (idx % 64)
@@ -95,12 +96,15 @@ func byBucket(a, b exactOp) int {
 	return cmp.Compare(a.seq, b.seq)
 }
 
+// slotKey is the address of slot i as v4Key gives it.
+func slotKey(b *bucket, i int) uint32 { return binary.LittleEndian.Uint32(b.Addr[i][:]) }
+
 // apply changes one bucket.
 func (op *exactOp) apply(b *bucket) {
 	for i := range slots {
-		if b.Addr[i] == op.key && op.key != 0 {
+		if slotKey(b, i) == op.key && op.key != 0 {
 			if op.del {
-				b.Addr[i], b.ExpiresNs[i], b.Origin[i] = 0, 0, 0
+				b.Addr[i], b.ExpiresNs[i], b.Origin[i] = [4]byte{}, 0, 0
 			} else {
 				b.ExpiresNs[i], b.Origin[i] = op.val.ExpiresNs, op.val.Origin
 			}
@@ -112,8 +116,9 @@ func (op *exactOp) apply(b *bucket) {
 	}
 	if op.key != 0 {
 		for i := range slots {
-			if b.Addr[i] == 0 {
-				b.Addr[i], b.ExpiresNs[i], b.Origin[i] = op.key, op.val.ExpiresNs, op.val.Origin
+			if slotKey(b, i) == 0 {
+				binary.LittleEndian.PutUint32(b.Addr[i][:], op.key)
+				b.ExpiresNs[i], b.Origin[i] = op.val.ExpiresNs, op.val.Origin
 				return
 			}
 		}
