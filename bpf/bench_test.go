@@ -120,11 +120,6 @@ func runFrames(b *testing.B, e *env, frames [][]byte) float64 {
 	return float64(total.Nanoseconds()) / float64(b.N)
 }
 
-type benchResult struct {
-	name string
-	ns   float64
-}
-
 // BenchmarkDataplane measures the cost per packet of the parse-only
 // baseline and of the full program on miss and hit, for both families and
 // growing ban lists, then prints them as one table with the ratios the

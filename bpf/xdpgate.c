@@ -405,10 +405,13 @@ static __always_inline struct ban *find_exact_v4(__be32 addr, __u64 *now, struct
 
 	if (!bk)
 		return NULL;
+	/* 0.0.0.0 marks an empty slot: a ban of it is in bans_v4 alone. */
+	if (!addr)
+		goto overflow;
 #pragma unroll
 	for (int i = 0; i < EXACT_SLOTS; i++) {
 		/* Each slot's 4 bytes are 4-aligned: one load, no byte swap. */
-		if (*(__be32 *)bk->addr[i] != addr || !addr)
+		if (*(__be32 *)bk->addr[i] != addr)
 			continue;
 		tmp->expires_ns = bk->expires_ns[i];
 		tmp->origin = bk->origin[i];
@@ -416,6 +419,7 @@ static __always_inline struct ban *find_exact_v4(__be32 addr, __u64 *now, struct
 		/* An expired exact ban falls through: a range may hold it. */
 		return expired(tmp, now) ? NULL : tmp;
 	}
+overflow:
 	if (!bk->overflow)
 		return NULL;
 	__builtin_memcpy(key.addr, &addr, 4);

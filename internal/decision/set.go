@@ -24,8 +24,7 @@ import (
 type Set struct {
 	chunks  [][]byte
 	n       int
-	strs    []string // interned scopes, types and origins
-	strIx   map[string]uint64
+	strs    Names // scopes, types and origins
 	scratch []byte
 }
 
@@ -74,7 +73,7 @@ func (s *Set) Add(d *models.Decision) {
 		b = binary.AppendVarint(b, d.ID)
 		for _, p := range [...]*string{d.Scope, d.Type, d.Origin} {
 			if p != nil {
-				b = binary.AppendUvarint(b, s.intern(*p))
+				b = binary.AppendUvarint(b, uint64(s.strs.ID(*p)))
 			}
 		}
 		for _, p := range [...]*string{d.Value, d.Duration} {
@@ -93,19 +92,6 @@ func (s *Set) Add(d *models.Decision) {
 	}
 	s.chunks[last] = append(s.chunks[last], b...)
 	s.n++
-}
-
-func (s *Set) intern(v string) uint64 {
-	if i, ok := s.strIx[v]; ok {
-		return i
-	}
-	if s.strIx == nil {
-		s.strIx = map[string]uint64{}
-	}
-	i := uint64(len(s.strs))
-	s.strs = append(s.strs, v)
-	s.strIx[v] = i
-	return i
 }
 
 // Decisions parses the decisions of the set in the order they were added,
@@ -153,7 +139,7 @@ func (s *Set) unpack(b []byte, d *models.Decision, value, duration *string) (isN
 	interned := func() *string {
 		i, n := binary.Uvarint(b)
 		b = b[n:]
-		return &s.strs[i]
+		return &s.strs.list[i]
 	}
 	str := func(v *string) *string {
 		l, n := binary.Uvarint(b)

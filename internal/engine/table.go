@@ -2,7 +2,6 @@ package engine
 
 import (
 	"math"
-	"net/netip"
 	"time"
 
 	"github.com/xdpgate/xdpgate/internal/decision"
@@ -27,10 +26,9 @@ type table struct {
 	byID  index // decisions by ID
 	rows  []row
 	freeR []int32
-	byKey index    // rows by prefix
-	held  [][]held // per backend, what it holds for each row
-	names []string // origins, interned
-	ix    map[string]uint32
+	byKey index          // rows by prefix
+	held  [][]held       // per backend, what it holds for each row
+	names decision.Names // origins
 }
 
 // drec is one decision.
@@ -194,12 +192,6 @@ func (t *table) rowOf(k pkey) int32 {
 	return r
 }
 
-// find returns the row of a prefix, -1 when there is none.
-func (t *table) find(k pkey) int32 {
-	_, r := t.byKey.find(hashKey(k), func(r int32) bool { return t.rows[r].key() == k })
-	return r
-}
-
 // release frees row r when no decision and no backend holds it.
 func (t *table) release(r int32) {
 	if t.rows[r].head >= 0 || !t.rows[r].used {
@@ -245,7 +237,7 @@ func (t *table) later(a, b *drec) bool {
 	case a.expiry != b.expiry:
 		return a.expiry > b.expiry
 	default:
-		return t.names[a.origin] < t.names[b.origin]
+		return t.names.Name(a.origin) < t.names.Name(b.origin)
 	}
 }
 
@@ -277,7 +269,7 @@ func (t *table) forget(b int) {
 
 // entry is the entry of row r with h's expiry and origin.
 func (t *table) entry(r int32, h held) decision.Entry {
-	en := decision.Entry{Prefix: t.rows[r].key().prefix(), Origin: t.names[h.origin]}
+	en := decision.Entry{Prefix: t.rows[r].key().prefix(), Origin: t.names.Name(h.origin)}
 	if h.expiry != 0 {
 		en.Expiry = time.Unix(0, h.expiry).UTC()
 	}
@@ -289,18 +281,7 @@ func (t *table) hold(en decision.Entry) held {
 	return held{expiry: nanos(en.Expiry), origin: t.origin(en.Origin), has: true}
 }
 
-func (t *table) origin(name string) uint32 {
-	if i, ok := t.ix[name]; ok {
-		return i
-	}
-	if t.ix == nil {
-		t.ix = map[string]uint32{}
-	}
-	i := uint32(len(t.names))
-	t.names = append(t.names, name)
-	t.ix[name] = i
-	return i
-}
+func (t *table) origin(name string) uint32 { return t.names.ID(name) }
 
 // same reports whether a backend holding h holds what w asks for: the same
 // origin, and expiries within Tolerance of each other (a zero expiry only
@@ -329,6 +310,3 @@ func nanos(t time.Time) int64 {
 	}
 	return t.UnixNano()
 }
-
-// lookup returns the row of a prefix, -1 when there is none.
-func (t *table) lookup(p netip.Prefix) int32 { return t.find(keyOf(p)) }

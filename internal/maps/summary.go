@@ -26,8 +26,6 @@ func v4Key(a netip.Addr) uint32 {
 	return binary.LittleEndian.Uint32(b[:])
 }
 
-func v4ExactBit(key uint32, nbits uint32) uint32 { return hash64(uint64(key), nbits) }
-
 func v6ExactBit(a [16]byte, nbits uint32) uint32 {
 	lo := binary.LittleEndian.Uint64(a[0:8])
 	hi := binary.LittleEndian.Uint64(a[8:16])
@@ -147,11 +145,6 @@ func (s *summary) setRange(first, n uint32) {
 		first += span
 		n -= span
 	}
-}
-
-func (s *summary) test(bit uint32) bool {
-	bit &= s.words*64 - 1
-	return s.word(bit>>6)&(1<<(bit&63)) != 0
 }
 
 // bitmap is an off-line copy of a summary, filled by a rebuild.
